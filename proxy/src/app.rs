@@ -1,0 +1,551 @@
+//! The request path: strip spoofed identity headers → route (`/oauth2/*`, ping, ready, or
+//! protected) → load and authorize the session → forward with identity headers, or answer
+//! with the sign-in flow. Every failure is mapped to a response in [`App::fail`]; nothing on
+//! this path panics or answers 500 for bad client input.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use rand::RngCore;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+
+use crate::authz::Authorizer;
+use crate::body::{Body, full};
+use crate::config::{Config, SameSite};
+use crate::headers;
+use crate::oidc::{Clock, Oidc, OidcError, unix};
+use crate::pages;
+use crate::redirect::RedirectPolicy;
+use crate::session::codec::{Purpose, Sealer};
+use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
+use crate::session::{LoginState, Session};
+use crate::upstream::{UpstreamError, Upstreams};
+
+/// Why a request did not get what it asked for; decides status, page and log level.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("login state is missing, expired or does not match; start the login again")]
+    LoginState,
+    #[error("{0}")]
+    Provider(#[from] OidcError),
+    #[error("the identity provider reported an error: {0}")]
+    ProviderRedirect(String),
+    #[error("{0}")]
+    Denied(#[from] crate::authz::Denial),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::LoginState | Failure::Denied(_) | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Provider(OidcError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken) => StatusCode::BAD_GATEWAY,
+            Failure::Provider(_) => StatusCode::FORBIDDEN,
+            Failure::Upstream(UpstreamError::NoRoute) => StatusCode::NOT_FOUND,
+            Failure::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Upstream(UpstreamError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Failure::Denied(_) => "Access denied",
+            Failure::Upstream(_) => "The application is not responding",
+            Failure::Provider(OidcError::Unavailable(_)) => "Sign-in is unavailable",
+            Failure::BadRequest(_) => "Bad request",
+            _ => "Sign-in failed",
+        }
+    }
+}
+
+struct Paths {
+    start: String,
+    callback: String,
+    sign_in: String,
+    sign_out: String,
+    userinfo: String,
+    auth: String,
+}
+
+pub struct App {
+    cfg: Config,
+    oidc: Arc<Oidc>,
+    upstreams: Upstreams,
+    authz: Authorizer,
+    redirects: RedirectPolicy,
+    sessions: Sealer,
+    csrf: Sealer,
+    clock: Clock,
+    paths: Paths,
+}
+
+/// What a request looked like before handling, for the access log.
+struct RequestMeta {
+    method: Method,
+    path: String,
+    request_id: HeaderValue,
+    started: Instant,
+}
+
+impl App {
+    pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock) -> Result<Self, String> {
+        let emails: HashSet<String> = match &cfg.authz.emails_file {
+            Some(path) => Authorizer::read_emails_file(path).map_err(|e| format!("authenticated_emails_file {}: {e}", path.display()))?,
+            None => HashSet::new(),
+        };
+        let prefix = &cfg.proxy_prefix;
+        let paths = Paths {
+            start: format!("{prefix}/start"),
+            callback: format!("{prefix}/callback"),
+            sign_in: format!("{prefix}/sign_in"),
+            sign_out: format!("{prefix}/sign_out"),
+            userinfo: format!("{prefix}/userinfo"),
+            auth: format!("{prefix}/auth"),
+        };
+        Ok(App {
+            authz: Authorizer::new(&cfg.authz.email_domains, emails, &cfg.authz.allowed_groups),
+            redirects: RedirectPolicy::new(&cfg.whitelist_domains),
+            sessions: Sealer::new(cfg.cookie.secret.expose(), Purpose::Session),
+            csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
+            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout)?,
+            oidc,
+            clock,
+            paths,
+            cfg,
+        })
+    }
+
+    pub fn oidc(&self) -> &Arc<Oidc> {
+        &self.oidc
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let meta = RequestMeta {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            request_id: self.request_id(req.headers()),
+            started: Instant::now(),
+        };
+        headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
+        req.headers_mut().insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
+
+        let (mut resp, user) = self.route(req, peer, &meta).await;
+        resp.headers_mut().insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
+        self.log_request(&meta, resp.status(), user.as_deref(), peer);
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+        let path = req.uri().path();
+        if path == self.cfg.ping_path {
+            return (text(StatusCode::OK, "OK"), None);
+        }
+        if path == self.cfg.ready_path {
+            return match self.oidc.current() {
+                Some(_) => (text(StatusCode::OK, "OK"), None),
+                None => (text(StatusCode::SERVICE_UNAVAILABLE, "identity provider discovery has not succeeded yet"), None),
+            };
+        }
+        if path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/') {
+            let result = if path == self.paths.start {
+                self.start(&req, None).await
+            } else if path == self.paths.callback {
+                self.callback(&req).await
+            } else if path == self.paths.sign_in {
+                Ok(self.sign_in_page(&req, StatusCode::OK, true))
+            } else if path == self.paths.sign_out {
+                Ok(self.sign_out(&req))
+            } else if path == self.paths.userinfo {
+                Ok(self.userinfo(&req))
+            } else if path == self.paths.auth {
+                return self.auth(&req);
+            } else {
+                Ok(text(StatusCode::NOT_FOUND, "404 page not found"))
+            };
+            return (result.unwrap_or_else(|f| self.fail(f, &meta.request_id)), None);
+        }
+        self.protected(req, peer, meta).await
+    }
+
+    /// A request for the application itself.
+    async fn protected(&self, mut req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+        let Some(session) = self.load_session(req.headers()) else {
+            return (self.unauthenticated(&req).await, None);
+        };
+        if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
+            self.auth_event("denied", &session.email, &denial.to_string());
+            return (self.fail(Failure::Denied(denial), &meta.request_id), Some(session.email));
+        }
+        let Some(upstream) = self.upstreams.route(req.uri().path()) else {
+            return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id), Some(session.email));
+        };
+        let h = req.headers_mut();
+        if let Some(cookie) = strip_proxy_cookies(h, &self.cfg.cookie.name) {
+            h.remove(header::COOKIE);
+            if let Some(kept) = cookie {
+                h.insert(header::COOKIE, kept);
+            }
+        }
+        headers::set_upstream_headers(h, &self.cfg.headers, &session);
+        let user = Some(session.email.clone());
+        match self.upstreams.serve(upstream, req, peer, self.cfg.pass_host_header).await {
+            Ok(mut resp) => {
+                headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &session);
+                (resp, user)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = ?meta.request_id, "upstream request failed");
+                (self.fail(Failure::Upstream(e), &meta.request_id), user)
+            }
+        }
+    }
+
+    /// No valid session: JSON clients get 401; browsers get the sign-in page (403), or go
+    /// straight to the provider with `skip_provider_button`.
+    async fn unauthenticated(&self, req: &Request<Incoming>) -> Response<Body> {
+        if wants_json_only(req.headers()) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+        let original = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        if self.cfg.skip_provider_button {
+            let request_id = self.request_id(req.headers());
+            return self.start(req, Some(original)).await.unwrap_or_else(|f| self.fail(f, &request_id));
+        }
+        let mut resp = self.sign_in_page(req, StatusCode::FORBIDDEN, false);
+        if let Some(rd) = self.redirects.validate(&original) {
+            let start = format!("{}?rd={}", self.paths.start, urlencode(&rd));
+            *resp.body_mut() = full(pages::sign_in(&start, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref()));
+        }
+        resp
+    }
+
+    /// The sign-in page. Visiting it directly ends any current session, so a shared
+    /// browser never keeps the previous user's session behind the page (CVE-2026-34454 class).
+    fn sign_in_page(&self, req: &Request<Incoming>, status: StatusCode, clear_session: bool) -> Response<Body> {
+        let rd = query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)).unwrap_or_else(|| "/".into());
+        let start = format!("{}?rd={}", self.paths.start, urlencode(&rd));
+        let mut resp = html(status, pages::sign_in(&start, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref()));
+        if clear_session {
+            let cookies = RequestCookies::parse(req.headers());
+            let writer = self.cookie_writer(req.headers());
+            for c in writer.clear_session(&cookies) {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+        }
+        resp
+    }
+
+    /// Starts a login: state, nonce and PKCE verifier sealed into a CSRF cookie, then off
+    /// to the provider.
+    async fn start(&self, req: &Request<Incoming>, target: Option<String>) -> Result<Response<Body>, Failure> {
+        let rd = target
+            .or_else(|| query_param(req.uri().query(), "rd"))
+            .and_then(|rd| self.redirects.validate(&rd))
+            .unwrap_or_else(|| "/".into());
+        let discovered = self.oidc.ensure().await?;
+        let state = random_token();
+        let nonce = random_token();
+        let (challenge, verifier) = if self.oidc.config().pkce {
+            let (c, v) = openidconnect::PkceCodeChallenge::new_random_sha256();
+            (Some(c.as_str().to_string()), Some(v.secret().clone()))
+        } else {
+            (None, None)
+        };
+        let redirect_uri = self.redirect_uri(req.headers());
+        let url = self.oidc.authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref());
+        let now = unix((self.clock)());
+        let login = LoginState {
+            state: state.clone(),
+            nonce,
+            pkce_verifier: verifier,
+            redirect: rd,
+            redirect_uri,
+            expires_at: now + self.cfg.cookie.csrf_expire.as_secs(),
+        };
+        let name = self.csrf_cookie_name(&state);
+        let writer = self.cookie_writer(req.headers());
+        let mut resp = redirect(url.as_str());
+        resp.headers_mut().append(header::SET_COOKIE, writer.set_csrf(&name, &self.csrf.seal(&name, &login), self.cfg.cookie.csrf_expire.as_secs()));
+        Ok(resp)
+    }
+
+    async fn callback(&self, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
+        let query = req.uri().query();
+        let state = query_param(query, "state").ok_or(Failure::LoginState)?;
+        let csrf_name = self.csrf_cookie_name(&state);
+        let cookies = RequestCookies::parse(req.headers());
+        let writer = self.cookie_writer(req.headers());
+        let login: LoginState = cookies
+            .get(&csrf_name)
+            .and_then(|v| self.csrf.open(&csrf_name, v).ok())
+            .ok_or(Failure::LoginState)?;
+        // The CSRF cookie is single-use whatever happens next.
+        let clear_csrf = writer.clear(&csrf_name);
+        let result = self.finish_login(query, &state, &login, &cookies, &writer).await;
+        let mut resp = result.unwrap_or_else(|f| {
+            if let Failure::Denied(d) = &f {
+                self.auth_event("denied", "", &d.to_string());
+            }
+            self.fail(f, &self.request_id(req.headers()))
+        });
+        resp.headers_mut().append(header::SET_COOKIE, clear_csrf);
+        Ok(resp)
+    }
+
+    async fn finish_login(
+        &self,
+        query: Option<&str>,
+        state: &str,
+        login: &LoginState,
+        cookies: &RequestCookies<'_>,
+        writer: &CookieWriter<'_>,
+    ) -> Result<Response<Body>, Failure> {
+        let now = unix((self.clock)());
+        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) || now >= login.expires_at {
+            return Err(Failure::LoginState);
+        }
+        if let Some(error) = query_param(query, "error") {
+            let description = query_param(query, "error_description").map(|d| format!(": {d}")).unwrap_or_default();
+            return Err(Failure::ProviderRedirect(format!("{error}{description}")));
+        }
+        let code = query_param(query, "code").ok_or(Failure::BadRequest("the callback has no code"))?;
+        let discovered = self.oidc.ensure().await?;
+        self.oidc.check_response_issuer(&discovered, query_param(query, "iss").as_deref())?;
+        let identity = match self.oidc.redeem(&code, &login.redirect_uri, login.pkce_verifier.as_deref(), &login.nonce).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(error = %e, "login failed");
+                return Err(e.into());
+            }
+        };
+        self.authz.authorize(&identity.email, &identity.groups)?;
+        let mut session = Session {
+            user: identity.user,
+            email: identity.email,
+            preferred_username: identity.preferred_username,
+            groups: identity.groups,
+            created_at: now,
+            expires_at: now + self.cfg.cookie.expire.as_secs(),
+            access_token: identity.access_token,
+            id_token: identity.id_token,
+            refresh_token: identity.refresh_token,
+            tokens_expire_at: identity.tokens_expire_at,
+        };
+        if self.cfg.cookie.minimal {
+            session = session.minimal();
+        }
+        self.auth_event("login", &session.email, "authenticated");
+        let sealed = self.sessions.seal(&self.cfg.cookie.name, &session);
+        let mut resp = redirect(&login.redirect);
+        for c in writer.set_session(cookies, &sealed, self.cfg.cookie.expire.as_secs()) {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(resp)
+    }
+
+    fn sign_out(&self, req: &Request<Incoming>) -> Response<Body> {
+        let rd = query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)).unwrap_or_else(|| "/".into());
+        let cookies = RequestCookies::parse(req.headers());
+        let writer = self.cookie_writer(req.headers());
+        if let Some(s) = self.load_session(req.headers()) {
+            self.auth_event("logout", &s.email, "signed out");
+        }
+        let mut resp = redirect(&rd);
+        for c in writer.clear_session(&cookies) {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        for name in cookies.names().filter(|n| n.starts_with(self.cfg.cookie.name.as_str()) && n.ends_with("_csrf")) {
+            resp.headers_mut().append(header::SET_COOKIE, writer.clear(name));
+        }
+        resp
+    }
+
+    fn userinfo(&self, req: &Request<Incoming>) -> Response<Body> {
+        match self.authorized_session(req.headers()) {
+            Some(s) => {
+                let body = serde_json::json!({
+                    "user": s.user,
+                    "email": s.email,
+                    "groups": s.groups,
+                    "preferredUsername": s.preferred_username,
+                });
+                let mut resp = Response::new(full(body.to_string()));
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            None => text(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        }
+    }
+
+    /// Forward-auth: 202 with identity response headers for a valid session, 401 otherwise.
+    fn auth(&self, req: &Request<Incoming>) -> (Response<Body>, Option<String>) {
+        match self.authorized_session(req.headers()) {
+            Some(s) => {
+                let mut resp = text(StatusCode::ACCEPTED, "");
+                headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
+                (resp, Some(s.email))
+            }
+            None => (text(StatusCode::UNAUTHORIZED, "Unauthorized"), None),
+        }
+    }
+
+    fn authorized_session(&self, headers: &HeaderMap) -> Option<Session> {
+        self.load_session(headers).filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok())
+    }
+
+    /// The session from the request's cookies. Anything wrong with it — tampered,
+    /// truncated, another secret, expired — is simply no session.
+    fn load_session(&self, headers: &HeaderMap) -> Option<Session> {
+        let cookies = RequestCookies::parse(headers);
+        let value = cookies.session_value(&self.cfg.cookie.name)?;
+        let session: Session = self.sessions.open(&self.cfg.cookie.name, &value).ok()?;
+        (unix((self.clock)()) < session.expires_at).then_some(session)
+    }
+
+    fn csrf_cookie_name(&self, state: &str) -> String {
+        if self.cfg.cookie.csrf_per_request {
+            let digest = sha2::Sha256::digest(state.as_bytes());
+            format!("{}_{}_csrf", self.cfg.cookie.name, hex8(&digest))
+        } else {
+            format!("{}_csrf", self.cfg.cookie.name)
+        }
+    }
+
+    fn cookie_writer(&self, headers: &HeaderMap) -> CookieWriter<'_> {
+        CookieWriter::new(&self.cfg.cookie, request_host(headers).unwrap_or(""))
+    }
+
+    /// The callback URL sent to the provider: `redirect_url`, else derived from the request.
+    fn redirect_uri(&self, headers: &HeaderMap) -> String {
+        match &self.cfg.redirect_url {
+            Some(u) => u.to_string(),
+            None => format!("http://{}{}", request_host(headers).unwrap_or("localhost"), self.paths.callback),
+        }
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
+        headers
+            .get(&self.cfg.logging.request_id_header)
+            .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+            .cloned()
+            .unwrap_or_else(|| {
+                let mut id = [0u8; 12];
+                rand::thread_rng().fill_bytes(&mut id);
+                HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(id)).expect("base64url is header-safe")
+            })
+    }
+
+    fn fail(&self, failure: Failure, request_id: &HeaderValue) -> Response<Body> {
+        let status = failure.status();
+        let message = failure.to_string();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %message, "request failed");
+        }
+        html(status, pages::error(status.as_u16(), failure.title(), &message, request_id.to_str().unwrap_or(""), self.cfg.footer.as_deref()))
+    }
+
+    fn auth_event(&self, event: &str, email: &str, detail: &str) {
+        if self.cfg.logging.auth {
+            tracing::info!(target: "sidekey::auth", event, email, detail, "auth");
+        }
+    }
+
+    fn log_request(&self, meta: &RequestMeta, status: StatusCode, user: Option<&str>, peer: SocketAddr) {
+        let log = &self.cfg.logging;
+        if !log.request
+            || (log.silence_ping && (meta.path == self.cfg.ping_path || meta.path == self.cfg.ready_path))
+            || log.exclude_paths.iter().any(|p| *p == meta.path)
+        {
+            return;
+        }
+        // The path only: queries carry codes and state.
+        tracing::info!(
+            target: "sidekey::request",
+            method = %meta.method,
+            path = %meta.path,
+            status = status.as_u16(),
+            duration_ms = meta.started.elapsed().as_secs_f64() * 1000.0,
+            user = user.unwrap_or("-"),
+            client = %peer.ip(),
+            request_id = meta.request_id.to_str().unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+impl CookieWriter<'_> {
+    /// The CSRF cookie must come back on the provider's cross-site redirect, so it is never
+    /// `SameSite=Strict` even when the session cookie is.
+    fn set_csrf(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+        self.set_with_samesite(name, value, max_age, |s| if s == SameSite::Strict { SameSite::Lax } else { s })
+    }
+}
+
+fn request_host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
+}
+
+fn wants_json_only(headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("application/json") && !accept.contains("text/html")
+}
+
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn hex8(digest: &[u8]) -> String {
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn html(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    h.insert(HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff"));
+    h.insert(HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY"));
+    resp
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    resp
+}
+

@@ -1,0 +1,524 @@
+//! Configuration: the oauth2-proxy-compatible option table, the loader, and the typed,
+//! validated [`Config`] the proxy runs on. Every error names the option and the fix.
+
+pub mod duration;
+pub mod load;
+pub mod options;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use url::Url;
+
+use crate::secret::Secret;
+pub use load::{Invocation, LoadError, Values, load};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("{origin} is not valid TOML: {message}")]
+    Toml { origin: String, message: String },
+    #[error("unknown option `{key}` in {origin}{suggestion}")]
+    Unknown { key: String, origin: String, suggestion: String },
+    #[error("option `{option}`: {message}")]
+    Invalid { option: String, message: String },
+}
+
+fn invalid(option: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { option: option.to_string(), message: message.into() }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// Requests are forwarded with their path unchanged to this origin.
+    Http(Url),
+    /// Answers every request with this status (forward-auth front ends).
+    Static(u16),
+    /// Serves files below this directory.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Path prefix this upstream serves; the longest matching prefix wins.
+    pub path: String,
+    pub target: UpstreamTarget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    Unset,
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub enum ClientSecret {
+    None,
+    Value(Secret<String>),
+    /// Read at every token request, so a rotated file needs no restart.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub display_name: String,
+    pub issuer_url: Url,
+    pub skip_discovery: bool,
+    pub login_url: Option<Url>,
+    pub redeem_url: Option<Url>,
+    pub jwks_url: Option<Url>,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub scope: String,
+    pub prompt: Option<String>,
+    pub approval_prompt: Option<String>,
+    pub acr_values: Option<String>,
+    pub pkce: bool,
+    pub email_claim: String,
+    pub groups_claim: String,
+    pub user_id_claim: String,
+    pub extra_audiences: Vec<String>,
+    pub allow_unverified_email: bool,
+    pub ca_files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CookieConfig {
+    pub name: String,
+    pub secret: Secret<Vec<u8>>,
+    pub domains: Vec<String>,
+    pub path: String,
+    pub expire: Duration,
+    pub secure: bool,
+    pub httponly: bool,
+    pub samesite: SameSite,
+    pub csrf_per_request: bool,
+    pub csrf_expire: Duration,
+    pub minimal: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HeaderConfig {
+    pub pass_basic_auth: bool,
+    pub basic_auth_password: Option<Secret<String>>,
+    pub pass_user_headers: bool,
+    pub prefer_email_to_user: bool,
+    pub pass_access_token: bool,
+    pub pass_authorization_header: bool,
+    pub set_authorization_header: bool,
+    pub set_basic_auth: bool,
+    pub set_xauthrequest: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub standard: bool,
+    pub request: bool,
+    pub auth: bool,
+    pub exclude_paths: Vec<String>,
+    pub silence_ping: bool,
+    pub request_id_header: http::HeaderName,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthzConfig {
+    pub email_domains: Vec<String>,
+    pub emails_file: Option<PathBuf>,
+    pub allowed_groups: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub http_address: SocketAddr,
+    pub proxy_prefix: String,
+    pub ping_path: String,
+    pub ready_path: String,
+    pub redirect_url: Option<Url>,
+    pub upstreams: Vec<Upstream>,
+    pub upstream_timeout: Duration,
+    pub pass_host_header: bool,
+    pub provider: ProviderConfig,
+    pub authz: AuthzConfig,
+    pub whitelist_domains: Vec<String>,
+    pub skip_provider_button: bool,
+    pub headers: HeaderConfig,
+    pub cookie: CookieConfig,
+    pub banner: Option<String>,
+    pub footer: Option<String>,
+    pub logging: LoggingConfig,
+}
+
+impl Config {
+    /// Validates raw values into a typed config. Reads the small files the config names
+    /// (cookie secret file) so a bad path fails at start-up, not at the first login.
+    pub fn from_values(v: &Values) -> Result<Config, ConfigError> {
+        let provider = provider_config(v)?;
+        let cookie = cookie_config(v)?;
+        let proxy_prefix = v.str("proxy_prefix");
+        if !proxy_prefix.starts_with('/') || proxy_prefix.ends_with('/') || proxy_prefix.len() < 2 {
+            return Err(invalid("proxy_prefix", "must start with / and not end with /, e.g. /oauth2"));
+        }
+        for key in ["ping_path", "ready_path"] {
+            if !v.str(key).starts_with('/') {
+                return Err(invalid(key, "must be an absolute path such as /ping"));
+            }
+        }
+        let redirect_url = match v.opt_str("redirect_url") {
+            None => None,
+            Some(raw) => {
+                let url = Url::parse(&raw).map_err(|e| {
+                    invalid("redirect_url", format!("`{raw}` is not an absolute URL ({e}); use https://<host>{proxy_prefix}/callback"))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(invalid("redirect_url", format!("`{raw}` must be an http(s) URL such as https://<host>{proxy_prefix}/callback")));
+                }
+                if url.path() != format!("{proxy_prefix}/callback") {
+                    return Err(invalid("redirect_url", format!("the path of `{raw}` must be {proxy_prefix}/callback, where sidekey-proxy receives the login response")));
+                }
+                Some(url)
+            }
+        };
+        let authz = AuthzConfig {
+            email_domains: v.list("email_domains").into_iter().map(|d| d.to_ascii_lowercase()).collect(),
+            emails_file: v.opt_str("authenticated_emails_file").map(PathBuf::from),
+            allowed_groups: v.list("allowed_groups"),
+        };
+        if authz.email_domains.is_empty() && authz.emails_file.is_none() {
+            return Err(invalid(
+                "email_domains",
+                "no one could sign in: set email_domains (use \"*\" to allow any email, then restrict with allowed_groups) or authenticated_emails_file",
+            ));
+        }
+        let whitelist_domains = v.list("whitelist_domains").into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        let logging = LoggingConfig {
+            format: match v.str("logging_format").as_str() {
+                "text" | "" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(invalid("logging_format", format!("`{other}` is not a log format; use text or json"))),
+            },
+            standard: v.bool("standard_logging"),
+            request: v.bool("request_logging"),
+            auth: v.bool("auth_logging"),
+            exclude_paths: v.list("exclude_logging_paths"),
+            silence_ping: v.bool("silence_ping_logging"),
+            request_id_header: http::HeaderName::from_bytes(v.str("request_id_header").as_bytes())
+                .map_err(|_| invalid("request_id_header", "must be a valid header name such as X-Request-Id"))?,
+        };
+        let headers = HeaderConfig {
+            pass_basic_auth: v.bool("pass_basic_auth"),
+            basic_auth_password: v.opt_str("basic_auth_password").map(Secret::new),
+            pass_user_headers: v.bool("pass_user_headers"),
+            prefer_email_to_user: v.bool("prefer_email_to_user"),
+            pass_access_token: v.bool("pass_access_token"),
+            pass_authorization_header: v.bool("pass_authorization_header"),
+            set_authorization_header: v.bool("set_authorization_header"),
+            set_basic_auth: v.bool("set_basic_auth"),
+            set_xauthrequest: v.bool("set_xauthrequest"),
+        };
+        if cookie.minimal && (headers.pass_access_token || headers.pass_authorization_header || headers.set_authorization_header) {
+            return Err(invalid(
+                "session_cookie_minimal",
+                "a minimal session holds no tokens, so it cannot be combined with pass_access_token, pass_authorization_header or set_authorization_header; turn one of them off",
+            ));
+        }
+        Ok(Config {
+            http_address: parse_listen_address(&v.str("http_address")).map_err(|m| invalid("http_address", m))?,
+            ping_path: v.str("ping_path"),
+            ready_path: v.str("ready_path"),
+            redirect_url,
+            upstreams: parse_upstreams(&v.list("upstreams"))?,
+            upstream_timeout: duration_opt(v, "upstream_timeout")?,
+            pass_host_header: v.bool("pass_host_header"),
+            proxy_prefix,
+            provider,
+            authz,
+            whitelist_domains,
+            skip_provider_button: v.bool("skip_provider_button"),
+            headers,
+            cookie,
+            banner: v.opt_str("banner"),
+            footer: v.opt_str("footer"),
+            logging,
+        })
+    }
+}
+
+fn duration_opt(v: &Values, key: &str) -> Result<Duration, ConfigError> {
+    let raw = v.str(key);
+    duration::parse(&raw).map_err(|e| invalid(key, format!("`{raw}` is not a duration ({e}); write it like 168h, 30m or 1h30m")))
+}
+
+fn url_opt(v: &Values, key: &str) -> Result<Option<Url>, ConfigError> {
+    v.opt_str(key)
+        .map(|raw| {
+            let url = Url::parse(&raw).map_err(|e| invalid(key, format!("`{raw}` is not an absolute URL: {e}")))?;
+            check_secure_url(key, &url)?;
+            Ok(url)
+        })
+        .transpose()
+}
+
+/// Tokens and codes must not cross the network in clear text; plain http is allowed only
+/// for an identity provider on the same host.
+fn check_secure_url(key: &str, url: &Url) -> Result<(), ConfigError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(url) => Ok(()),
+        "http" => Err(invalid(key, format!("`{url}` uses plain http; use https (http is allowed only for loopback addresses)"))),
+        other => Err(invalid(key, format!("`{url}` has scheme {other}; use https"))),
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
+    match v.str("provider").as_str() {
+        "oidc" => {}
+        "google" if !v.is_set("provider") => {
+            return Err(invalid(
+                "provider",
+                "not set, and oauth2-proxy's default `google` is not supported; set provider = \"oidc\" with oidc_issuer_url (for Google: https://accounts.google.com)",
+            ));
+        }
+        "entra-id" | "azure" => {
+            return Err(invalid("provider", "entra-id is planned and not available in this version; use provider = \"oidc\" with oidc_issuer_url = \"https://login.microsoftonline.com/<tenant>/v2.0\""));
+        }
+        other => {
+            return Err(invalid("provider", format!("`{other}` is not supported; use provider = \"oidc\" with your provider's issuer URL")));
+        }
+    }
+    let client_id = v.opt_str("client_id").ok_or_else(|| invalid("client_id", "is required: set the OAuth client (application) id registered at the provider"))?;
+    let client_secret = match (v.opt_str("client_secret"), v.opt_str("client_secret_file")) {
+        (Some(_), Some(_)) => return Err(invalid("client_secret_file", "set either client_secret or client_secret_file, not both")),
+        (Some(s), None) => ClientSecret::Value(Secret::new(s)),
+        (None, Some(f)) => {
+            let path = PathBuf::from(f);
+            let secret = std::fs::read_to_string(&path)
+                .map_err(|e| invalid("client_secret_file", format!("cannot read {}: {e}", path.display())))?;
+            if secret.trim().is_empty() {
+                return Err(invalid("client_secret_file", format!("{} is empty", path.display())));
+            }
+            ClientSecret::File(path)
+        }
+        // oauth2-proxy allows a public client only when PKCE was asked for explicitly.
+        (None, None) if v.is_set("code_challenge_method") && pkce_enabled(v)? => ClientSecret::None,
+        (None, None) => {
+            return Err(invalid(
+                "client_secret",
+                "is required: set client_secret or client_secret_file (for a public client, set code_challenge_method = \"S256\" explicitly)",
+            ));
+        }
+    };
+    let skip_discovery = v.bool("skip_oidc_discovery");
+    let issuer_raw = v.opt_str("oidc_issuer_url").ok_or_else(|| {
+        invalid("oidc_issuer_url", "is required for provider oidc, e.g. https://login.microsoftonline.com/<tenant>/v2.0")
+    })?;
+    let issuer_url = Url::parse(&issuer_raw).map_err(|e| invalid("oidc_issuer_url", format!("`{issuer_raw}` is not an absolute URL: {e}")))?;
+    check_secure_url("oidc_issuer_url", &issuer_url)?;
+    let (login_url, redeem_url, jwks_url) = (url_opt(v, "login_url")?, url_opt(v, "redeem_url")?, url_opt(v, "oidc_jwks_url")?);
+    if skip_discovery {
+        for (key, value) in [("login_url", &login_url), ("redeem_url", &redeem_url), ("oidc_jwks_url", &jwks_url)] {
+            if value.is_none() {
+                return Err(invalid(key, "is required with skip_oidc_discovery = true"));
+            }
+        }
+    }
+    let scope = v.str("scope");
+    if !scope.split_whitespace().any(|s| s == "openid") {
+        return Err(invalid("scope", format!("`{scope}` must include openid, e.g. \"openid email profile\"")));
+    }
+    let mut ca_files = Vec::new();
+    for f in v.list("provider_ca_files") {
+        let path = PathBuf::from(&f);
+        if !path.is_file() {
+            return Err(invalid("provider_ca_files", format!("{f} is not a readable file")));
+        }
+        ca_files.push(path);
+    }
+    Ok(ProviderConfig {
+        display_name: v.opt_str("provider_display_name").unwrap_or_else(|| "OpenID Connect".into()),
+        issuer_url,
+        skip_discovery,
+        login_url,
+        redeem_url,
+        jwks_url,
+        client_id,
+        client_secret,
+        scope,
+        prompt: v.opt_str("prompt"),
+        approval_prompt: v.opt_str("approval_prompt"),
+        acr_values: v.opt_str("acr_values"),
+        pkce: pkce_enabled(v)?,
+        email_claim: v.str("oidc_email_claim"),
+        groups_claim: v.str("oidc_groups_claim"),
+        user_id_claim: v.str("user_id_claim"),
+        extra_audiences: v.list("oidc_extra_audiences"),
+        allow_unverified_email: v.bool("insecure_oidc_allow_unverified_email"),
+        ca_files,
+    })
+}
+
+fn pkce_enabled(v: &Values) -> Result<bool, ConfigError> {
+    match v.str("code_challenge_method").as_str() {
+        "S256" => Ok(true),
+        "" | "none" => Ok(false),
+        "plain" => Err(invalid("code_challenge_method", "plain gives no protection if the code leaks; use S256 (the default)")),
+        other => Err(invalid("code_challenge_method", format!("`{other}` is not a PKCE method; use S256, or none to disable PKCE"))),
+    }
+}
+
+const SECRET_HINT: &str = "generate one with: openssl rand -base64 32 | tr -- '+/' '-_'";
+
+fn cookie_config(v: &Values) -> Result<CookieConfig, ConfigError> {
+    let (option, raw) = match (v.opt_str("cookie_secret"), v.opt_str("cookie_secret_file")) {
+        (Some(_), Some(_)) => return Err(invalid("cookie_secret_file", "set either cookie_secret or cookie_secret_file, not both")),
+        (Some(s), None) => ("cookie_secret", s),
+        (None, Some(f)) => (
+            "cookie_secret_file",
+            std::fs::read_to_string(&f).map_err(|e| invalid("cookie_secret_file", format!("cannot read {f}: {e}")))?.trim().to_string(),
+        ),
+        (None, None) => return Err(invalid("cookie_secret", format!("is required (16, 24 or 32 bytes, raw or base64); {SECRET_HINT}"))),
+    };
+    let secret = parse_cookie_secret(&raw).map_err(|m| invalid(option, m))?;
+    let name = v.str("cookie_name");
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        return Err(invalid("cookie_name", format!("`{name}` is not a valid cookie name; use letters, digits, _ - or .")));
+    }
+    let samesite = match v.str("cookie_samesite").to_ascii_lowercase().as_str() {
+        "" => SameSite::Unset,
+        "lax" => SameSite::Lax,
+        "strict" => SameSite::Strict,
+        "none" => SameSite::None,
+        other => return Err(invalid("cookie_samesite", format!("`{other}` must be one of lax, strict, none, or empty"))),
+    };
+    let expire = duration_opt(v, "cookie_expire")?;
+    if expire.is_zero() {
+        return Err(invalid("cookie_expire", "must be longer than 0s; sessions always expire (e.g. 168h)"));
+    }
+    let csrf_expire = duration_opt(v, "cookie_csrf_expire")?;
+    if csrf_expire.is_zero() {
+        return Err(invalid("cookie_csrf_expire", "must be longer than 0s (e.g. 15m)"));
+    }
+    let domains = v
+        .list("cookie_domains")
+        .into_iter()
+        .map(|d| d.trim_start_matches('.').to_ascii_lowercase())
+        .collect();
+    Ok(CookieConfig {
+        name,
+        secret: Secret::new(secret),
+        domains,
+        path: v.str("cookie_path"),
+        expire,
+        secure: v.bool("cookie_secure"),
+        httponly: v.bool("cookie_httponly"),
+        samesite,
+        csrf_per_request: v.bool("cookie_csrf_per_request"),
+        csrf_expire,
+        minimal: v.bool("session_cookie_minimal"),
+    })
+}
+
+/// oauth2-proxy's rule, with its most common stumbling block removed: a value that decodes
+/// from base64 (standard or URL alphabet, padded or not) to 16, 24 or 32 bytes is used
+/// decoded — so `openssl rand -base64 32` (44 characters) is a 32-byte secret — otherwise
+/// the raw bytes are used if they are 16, 24 or 32 long.
+pub fn parse_cookie_secret(raw: &str) -> Result<Vec<u8>, String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let ok_len = |n: usize| matches!(n, 16 | 24 | 32);
+    for engine in [&URL_SAFE, &URL_SAFE_NO_PAD, &STANDARD, &STANDARD_NO_PAD] {
+        if let Ok(decoded) = engine.decode(raw)
+            && ok_len(decoded.len())
+        {
+            return Ok(decoded);
+        }
+    }
+    if ok_len(raw.len()) {
+        return Ok(raw.as_bytes().to_vec());
+    }
+    Err(format!(
+        "must be 16, 24 or 32 bytes, raw or base64-encoded, but is {} characters and does not decode to 16, 24 or 32 bytes; {SECRET_HINT}",
+        raw.len()
+    ))
+}
+
+/// Accepts Go-style addresses: `127.0.0.1:4180`, `:4180` (all interfaces), `[::1]:4180`,
+/// optionally prefixed with `http://`.
+pub fn parse_listen_address(raw: &str) -> Result<SocketAddr, String> {
+    let addr = raw.strip_prefix("http://").unwrap_or(raw);
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("`{raw}` has no valid port"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Some((host, port)) = addr.rsplit_once(':')
+        && host.eq_ignore_ascii_case("localhost")
+    {
+        let port: u16 = port.parse().map_err(|_| format!("`{raw}` has no valid port"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    addr.parse().map_err(|_| format!("`{raw}` is not an address; use <ip>:<port> such as 0.0.0.0:4180 or 127.0.0.1:4180"))
+}
+
+fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
+    let mut out: Vec<Upstream> = Vec::new();
+    for item in raw {
+        let bad = |m: String| invalid("upstreams", format!("`{item}`: {m}"));
+        let upstream = if let Some(code) = item.strip_prefix("static://") {
+            let code: u16 = code.trim_end_matches('/').parse().map_err(|_| bad("static:// needs a status code, e.g. static://202".into()))?;
+            if !(200..=599).contains(&code) {
+                return Err(bad("status must be between 200 and 599".into()));
+            }
+            Upstream { path: "/".into(), target: UpstreamTarget::Static(code) }
+        } else if let Some(rest) = item.strip_prefix("file://") {
+            let (dir, path) = rest.split_once('#').unwrap_or((rest, "/"));
+            if !dir.starts_with('/') {
+                return Err(bad("file:// needs an absolute directory, e.g. file:///var/www#/static/".into()));
+            }
+            if !path.starts_with('/') {
+                return Err(bad("the part after # must be a path such as /static/".into()));
+            }
+            Upstream { path: path.into(), target: UpstreamTarget::File(PathBuf::from(dir)) }
+        } else {
+            let url = Url::parse(item).map_err(|e| bad(format!("not a URL ({e}); use http://host:port/, static://202 or file:///dir#/path")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(bad("use http:// or https:// with a host".into()));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(bad("an upstream URL cannot have a query or fragment".into()));
+            }
+            let path = url.path().to_string();
+            let mut origin = url.clone();
+            origin.set_path("");
+            Upstream { path, target: UpstreamTarget::Http(origin) }
+        };
+        if out.iter().any(|u| u.path == upstream.path) {
+            return Err(bad(format!("another upstream already serves the path {}", upstream.path)));
+        }
+        out.push(upstream);
+    }
+    // Longest prefix first: routing takes the first match.
+    out.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Identity headers: stripping every client-sent copy of a header the proxy can set
+//! (any case, `_` for `-`), and setting them from the session.
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use crate::config::HeaderConfig;
+use crate::session::Session;
+
+/// Every identity header the proxy may set, in canonical lower-case form.
+pub const IDENTITY_HEADERS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "gap-auth",
+    "gap-signature",
+];
+
+/// `X_Forwarded_User`, `x-forwarded-user` and `X-FORWARDED-USER` are one header to many
+/// app frameworks (CGI, WSGI, Rack map `-` and `_` alike), so they are matched alike here.
+fn same_header(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && name.bytes().zip(canonical.bytes()).all(|(a, b)| {
+            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            a == b
+        })
+}
+
+/// Removes client-sent identity headers, and `Authorization` when the proxy sets it upstream.
+pub fn strip_identity_headers(headers: &mut HeaderMap, cfg: &HeaderConfig) {
+    let strip_authorization = cfg.pass_basic_auth || cfg.pass_authorization_header;
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            IDENTITY_HEADERS.iter().any(|c| same_header(n, c)) || (strip_authorization && same_header(n, "authorization"))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+fn value(text: &str) -> Option<HeaderValue> {
+    // A claim with characters a header cannot carry is dropped, never sent mangled.
+    (!text.is_empty()).then(|| HeaderValue::from_str(text).ok()).flatten()
+}
+
+fn put(headers: &mut HeaderMap, name: &'static str, text: &str) {
+    if let Some(v) = value(text) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn basic(user: &str, password: &str) -> Option<HeaderValue> {
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::from_str(&format!("Basic {creds}")).ok()
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}")).ok()
+}
+
+/// Headers for the upstream request (oauth2-proxy's `pass_*` options).
+pub fn set_upstream_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Session) {
+    let user = if cfg.prefer_email_to_user && !s.email.is_empty() { &s.email } else { &s.user };
+    if cfg.pass_basic_auth {
+        let password = cfg.basic_auth_password.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
+        if let Some(v) = basic(user, password) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    if cfg.pass_basic_auth || cfg.pass_user_headers {
+        put(headers, "x-forwarded-user", user);
+        put(headers, "x-forwarded-email", &s.email);
+        put(headers, "x-forwarded-groups", &s.groups.join(","));
+        put(headers, "x-forwarded-preferred-username", &s.preferred_username);
+    }
+    if cfg.pass_access_token
+        && let Some(t) = &s.access_token
+    {
+        put(headers, "x-forwarded-access-token", t);
+    }
+    if cfg.pass_authorization_header
+        && let Some(v) = s.id_token.as_deref().and_then(bearer)
+    {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+}
+
+/// Headers for the response (oauth2-proxy's `set_*` options, read by auth_request front ends).
+pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Session) {
+    let user = if cfg.prefer_email_to_user && !s.email.is_empty() { &s.email } else { &s.user };
+    if cfg.set_xauthrequest {
+        put(headers, "x-auth-request-user", user);
+        put(headers, "x-auth-request-email", &s.email);
+        put(headers, "x-auth-request-groups", &s.groups.join(","));
+        put(headers, "x-auth-request-preferred-username", &s.preferred_username);
+        if cfg.pass_access_token
+            && let Some(t) = &s.access_token
+        {
+            put(headers, "x-auth-request-access-token", t);
+        }
+    }
+    if cfg.set_basic_auth {
+        let password = cfg.basic_auth_password.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
+        if let Some(v) = basic(user, password) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    if cfg.set_authorization_header
+        && let Some(v) = s.id_token.as_deref().and_then(bearer)
+    {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in ["x-forwarded-user", "X_Forwarded_User", "x_forwarded-EMAIL", "X-AUTH-REQUEST-GROUPS", "x_auth_request_access_token", "gap-auth", "authorization"] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        h.append("x-forwarded-user", HeaderValue::from_static("second copy"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-userx", HeaderValue::from_static("not ours"));
+        let cfg = HeaderConfig { pass_basic_auth: true, ..HeaderConfig::default() };
+        strip_identity_headers(&mut h, &cfg);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-forwarded-for", "x-forwarded-userx"]);
+    }
+
+    #[test]
+    fn authorization_is_kept_when_the_proxy_does_not_set_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer app-token"));
+        strip_identity_headers(&mut h, &HeaderConfig::default());
+        assert!(h.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn sets_upstream_and_response_headers() {
+        let s = Session {
+            user: "u1".into(),
+            email: "a@example.com".into(),
+            preferred_username: "alice".into(),
+            groups: vec!["g1".into(), "g2".into()],
+            access_token: Some("at".into()),
+            id_token: Some("idt".into()),
+            ..Session::default()
+        };
+        let cfg = HeaderConfig {
+            pass_user_headers: true,
+            pass_access_token: true,
+            pass_authorization_header: true,
+            set_xauthrequest: true,
+            ..HeaderConfig::default()
+        };
+        let mut up = HeaderMap::new();
+        set_upstream_headers(&mut up, &cfg, &s);
+        assert_eq!(up["x-forwarded-user"], "u1");
+        assert_eq!(up["x-forwarded-email"], "a@example.com");
+        assert_eq!(up["x-forwarded-groups"], "g1,g2");
+        assert_eq!(up["x-forwarded-preferred-username"], "alice");
+        assert_eq!(up["x-forwarded-access-token"], "at");
+        assert_eq!(up["authorization"], "Bearer idt");
+        let mut resp = HeaderMap::new();
+        set_response_headers(&mut resp, &cfg, &s);
+        assert_eq!(resp["x-auth-request-user"], "u1");
+        assert_eq!(resp["x-auth-request-access-token"], "at");
+        let basic_cfg = HeaderConfig { pass_basic_auth: true, prefer_email_to_user: true, ..HeaderConfig::default() };
+        let mut up = HeaderMap::new();
+        set_upstream_headers(&mut up, &basic_cfg, &s);
+        assert_eq!(up["authorization"], "Basic YUBleGFtcGxlLmNvbTo="); // a@example.com:
+        assert_eq!(up["x-forwarded-user"], "a@example.com");
+    }
+}

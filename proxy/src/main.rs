@@ -1,0 +1,57 @@
+use std::process::ExitCode;
+
+use sidekey_proxy::config::{self, Config, LoadError};
+use sidekey_proxy::{logging, oidc};
+
+fn main() -> ExitCode {
+    rustls::crypto::ring::default_provider().install_default().expect("no other crypto provider is installed");
+    let invocation = match config::load(std::env::args_os(), std::env::vars()) {
+        Ok(i) => i,
+        Err(LoadError::Cli(e)) => e.exit(),
+        Err(LoadError::Config(e)) => return fail(&e),
+    };
+    let cfg = match Config::from_values(&invocation.values) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if invocation.config_test {
+        println!("configuration OK: provider oidc, issuer {}, {} upstream(s), listening on {}", cfg.provider.issuer_url, cfg.upstreams.len(), cfg.http_address);
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cfg.logging.format, cfg.logging.standard);
+    for w in &invocation.values.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(cfg.http_address).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sidekey-proxy: option `http_address`: cannot listen on {}: {e}", cfg.http_address);
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(address = %cfg.http_address, version = env!("CARGO_PKG_VERSION"), "sidekey-proxy listening");
+        match sidekey_proxy::run(cfg, listener, oidc::system_clock(), shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sidekey-proxy: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("sidekey-proxy: invalid configuration: {e}");
+    ExitCode::from(2)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,414 @@
+//! The OpenID Connect relying party: lazy discovery with background retry, authorization
+//! URLs (state, nonce, PKCE S256), code redemption, and ID-token verification (signature via
+//! JWKS with a refetch on an unknown `kid`, issuer, audience, expiry with a small skew, nonce).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl,
+    JsonWebKeySetUrl, Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError,
+    ResponseTypes, SignatureVerificationError, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::config::{self, ProviderConfig};
+use crate::http_client::{HttpClient, HttpError, error_chain};
+
+/// Clock skew tolerated on `exp`.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// An unknown `kid` triggers a JWKS refetch at most this often (a forged token must not
+/// turn the proxy into a JWKS-fetching amplifier).
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The injected clock: tests move it, production reads the system time.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(SystemTime::now)
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Discovery fields beyond OIDC Core that we use.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ExtraMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+    /// RFC 9207: the provider sends `iss` in authorization responses.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+pub type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("the identity provider is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the identity provider refused the token request: {error}{}", description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    TokenRefused { error: String, description: Option<String> },
+    #[error("the token request failed: {0}")]
+    TokenTransport(String),
+    #[error("the token response has no ID token")]
+    NoIdToken,
+    #[error("the ID token is invalid: {0}")]
+    InvalidIdToken(String),
+    #[error("the authorization response was issued by {got}, expected {expected}")]
+    IssuerMismatch { got: String, expected: String },
+    #[error("the provider marked the email address unverified")]
+    UnverifiedEmail,
+}
+
+/// The signed-in user as the provider describes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub email: String,
+    pub preferred_username: String,
+    pub groups: Vec<String>,
+    pub access_token: Option<String>,
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub tokens_expire_at: Option<u64>,
+}
+
+pub struct Discovered {
+    pub metadata: Metadata,
+    pub jwks_fetched: Instant,
+}
+
+pub struct Oidc {
+    cfg: ProviderConfig,
+    http: HttpClient,
+    clock: Clock,
+    current: RwLock<Option<Arc<Discovered>>>,
+    /// Single flight for discovery and JWKS refetches.
+    refresh: Mutex<()>,
+}
+
+impl Oidc {
+    pub fn new(cfg: ProviderConfig, http: HttpClient, clock: Clock) -> Self {
+        Oidc { cfg, http, clock, current: RwLock::new(None), refresh: Mutex::new(()) }
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.cfg
+    }
+
+    /// The discovered provider, if discovery has succeeded.
+    pub fn current(&self) -> Option<Arc<Discovered>> {
+        self.current.read().expect("lock poisoned").clone()
+    }
+
+    /// The discovered provider, discovering now if needed.
+    pub async fn ensure(&self) -> Result<Arc<Discovered>, OidcError> {
+        if let Some(d) = self.current() {
+            return Ok(d);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(d) = self.current() {
+            return Ok(d);
+        }
+        let metadata = self.discover().await?;
+        let d = Arc::new(Discovered { metadata, jwks_fetched: Instant::now() });
+        *self.current.write().expect("lock poisoned") = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Retries discovery in the background until it succeeds, so `/ready` turns 200 as soon
+    /// as the provider answers, while the process serves `/ping` from the first moment.
+    pub async fn discover_until_ready(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.ensure().await {
+                Ok(d) => {
+                    tracing::info!(issuer = %d.metadata.issuer().as_str(), "OIDC discovery complete");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "OIDC discovery failed; /ready stays 503 until it succeeds");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn discover(&self) -> Result<Metadata, OidcError> {
+        let client = self.http.as_oauth2();
+        fn unavailable(e: &(dyn std::error::Error + 'static)) -> OidcError {
+            OidcError::Unavailable(error_chain(e))
+        }
+        let issuer = IssuerUrl::new(self.cfg.issuer_url.to_string().trim_end_matches('/').to_string())
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        if !self.cfg.skip_discovery {
+            return Metadata::discover_async(issuer, &client).await.map_err(|e| unavailable(&e));
+        }
+        let (Some(login), Some(redeem), Some(jwks)) = (&self.cfg.login_url, &self.cfg.redeem_url, &self.cfg.jwks_url) else {
+            unreachable!("config validation requires login_url, redeem_url and oidc_jwks_url with skip_oidc_discovery");
+        };
+        let jwks_url = JsonWebKeySetUrl::from_url(jwks.clone());
+        let keys = CoreJsonWebKeySet::fetch_async(&jwks_url, &client).await.map_err(|e| unavailable(&e))?;
+        Ok(Metadata::new(
+            issuer,
+            AuthUrl::from_url(login.clone()),
+            jwks_url,
+            vec![ResponseTypes::new(vec![CoreResponseType::Code])],
+            vec![CoreSubjectIdentifierType::Public],
+            vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
+            ExtraMetadata::default(),
+        )
+        .set_token_endpoint(Some(TokenUrl::from_url(redeem.clone())))
+        .set_jwks(keys))
+    }
+
+    /// Fetches the JWKS again (a `kid` we do not know may be a rotated key).
+    async fn refetch_jwks(&self, seen: &Arc<Discovered>) -> Option<Arc<Discovered>> {
+        let _guard = self.refresh.lock().await;
+        let current = self.current()?;
+        if !Arc::ptr_eq(&current, seen) {
+            return Some(current); // someone else refreshed while we waited
+        }
+        if current.jwks_fetched.elapsed() < JWKS_REFETCH_INTERVAL {
+            return None;
+        }
+        let client = self.http.as_oauth2();
+        match CoreJsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &client).await {
+            Ok(keys) => {
+                let d = Arc::new(Discovered { metadata: current.metadata.clone().set_jwks(keys), jwks_fetched: Instant::now() });
+                *self.current.write().expect("lock poisoned") = Some(d.clone());
+                tracing::info!("JWKS refetched after an unknown key id");
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "JWKS refetch failed");
+                None
+            }
+        }
+    }
+
+    /// The provider URL that starts a login.
+    pub fn authorization_url(&self, d: &Discovered, redirect_uri: &str, state: &str, nonce: &str, pkce_challenge: Option<&str>) -> url::Url {
+        let mut url = d.metadata.authorization_endpoint().url().clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &self.cfg.client_id)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("scope", &self.cfg.scope)
+                .append_pair("state", state)
+                .append_pair("nonce", nonce);
+            if let Some(challenge) = pkce_challenge {
+                q.append_pair("code_challenge", challenge).append_pair("code_challenge_method", "S256");
+            }
+            match (&self.cfg.prompt, &self.cfg.approval_prompt) {
+                (Some(p), _) => {
+                    q.append_pair("prompt", p);
+                }
+                (None, Some(a)) => {
+                    q.append_pair("approval_prompt", a);
+                }
+                _ => {}
+            }
+            if let Some(acr) = &self.cfg.acr_values {
+                q.append_pair("acr_values", acr);
+            }
+        }
+        url
+    }
+
+    /// RFC 9207: an `iss` in the authorization response must be our issuer, and must be
+    /// present when the provider says it sends one (mix-up attacks).
+    pub fn check_response_issuer(&self, d: &Discovered, iss: Option<&str>) -> Result<(), OidcError> {
+        let expected = d.metadata.issuer().as_str();
+        match iss {
+            Some(got) if got != expected => Err(OidcError::IssuerMismatch { got: got.to_string(), expected: expected.to_string() }),
+            None if d.metadata.additional_metadata().authorization_response_iss_parameter_supported => {
+                Err(OidcError::IssuerMismatch { got: "(none)".into(), expected: expected.to_string() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn client_secret(&self) -> Result<Option<ClientSecret>, OidcError> {
+        Ok(match &self.cfg.client_secret {
+            config::ClientSecret::None => None,
+            config::ClientSecret::Value(s) => Some(ClientSecret::new(s.expose().clone())),
+            config::ClientSecret::File(path) => {
+                let s = std::fs::read_to_string(path).map_err(|e| OidcError::TokenTransport(format!("cannot read client_secret_file {}: {e}", path.display())))?;
+                Some(ClientSecret::new(s.trim().to_string()))
+            }
+        })
+    }
+
+    /// Redeems an authorization code and verifies the ID token it returns.
+    pub async fn redeem(&self, code: &str, redirect_uri: &str, pkce_verifier: Option<&str>, nonce: &str) -> Result<Identity, OidcError> {
+        let d = self.ensure().await?;
+        // client_secret_basic unless the provider only offers client_secret_post.
+        let methods = d.metadata.token_endpoint_auth_methods_supported();
+        let post_only = methods.is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost) && !m.contains(&CoreClientAuthMethod::ClientSecretBasic));
+        let client = CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), self.client_secret()?)
+            .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::TokenTransport(e.to_string()))?)
+            .set_auth_type(if post_only { openidconnect::AuthType::RequestBody } else { openidconnect::AuthType::BasicAuth });
+        let mut request = client.exchange_code(AuthorizationCode::new(code.to_string())).map_err(|e| OidcError::TokenTransport(e.to_string()))?;
+        if let Some(v) = pkce_verifier {
+            request = request.set_pkce_verifier(PkceCodeVerifier::new(v.to_string()));
+        }
+        let http = self.http.as_oauth2();
+        let response = request.request_async(&http).await.map_err(token_error)?;
+        let id_token = response.id_token().ok_or(OidcError::NoIdToken)?.to_string();
+        let claims = self.verify_id_token(&d, &id_token, Some(nonce)).await?;
+        let now = unix((self.clock)());
+        let mut identity = self.identity_from_claims(&claims)?;
+        identity.access_token = Some(response.access_token().secret().clone());
+        identity.refresh_token = response.refresh_token().map(|t| t.secret().clone());
+        identity.tokens_expire_at = response.expires_in().map(|e| now + e.as_secs()).or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
+        identity.id_token = Some(id_token);
+        Ok(identity)
+    }
+
+    /// Verifies an ID token and returns its claims as JSON.
+    pub async fn verify_id_token(&self, d: &Arc<Discovered>, raw: &str, nonce: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+        match self.verify_with(d, raw, nonce) {
+            Err(OidcError::InvalidIdToken(msg)) if msg == NO_MATCHING_KEY => match self.refetch_jwks(d).await {
+                Some(fresh) => self.verify_with(&fresh, raw, nonce),
+                None => Err(OidcError::InvalidIdToken(NO_MATCHING_KEY.into())),
+            },
+            other => other,
+        }
+    }
+
+    fn verify_with(&self, d: &Discovered, raw: &str, nonce: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+        let token: openidconnect::core::CoreIdToken = raw.parse().map_err(|e: serde_json::Error| OidcError::InvalidIdToken(e.to_string()))?;
+        let clock = self.clock.clone();
+        let skew = chrono::Duration::from_std(CLOCK_SKEW).expect("small duration");
+        let client = CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), None);
+        // Asymmetric algorithms only: HS* would make the (public) client id or secret a
+        // verification key, the classic algorithm-confusion hole.
+        let verifier = client
+            .id_token_verifier()
+            .set_allowed_algs([
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+                CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+                CoreJwsSigningAlgorithm::EdDsa,
+            ])
+            .require_audience_match(false)
+            .set_time_fn(move || chrono::DateTime::<chrono::Utc>::from(clock()) - skew);
+        let expected_nonce = nonce.map(|n| Nonce::new(n.to_string()));
+        let result = match &expected_nonce {
+            Some(n) => token.claims(&verifier, n).map(|_| ()),
+            None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())).map(|_| ()),
+        };
+        result.map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => OidcError::InvalidIdToken(NO_MATCHING_KEY.into()),
+            other => OidcError::InvalidIdToken(other.to_string()),
+        })?;
+        let claims = decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
+        self.check_audience(&claims)?;
+        Ok(claims)
+    }
+
+    /// `aud` must name us (client_id or an extra audience) and nothing we do not trust;
+    /// `azp`, when present, must be one of those too.
+    fn check_audience(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<(), OidcError> {
+        let trusted = |a: &str| a == self.cfg.client_id || self.cfg.extra_audiences.iter().any(|e| e == a);
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+            _ => vec![],
+        };
+        if auds.is_empty() || !auds.iter().all(|a| trusted(a)) {
+            return Err(OidcError::InvalidIdToken(format!("audience {auds:?} is not {} or an oidc_extra_audiences entry", self.cfg.client_id)));
+        }
+        if let Some(azp) = claims.get("azp").and_then(|v| v.as_str())
+            && !trusted(azp)
+        {
+            return Err(OidcError::InvalidIdToken(format!("authorized party {azp} is not trusted")));
+        }
+        Ok(())
+    }
+
+    pub fn identity_from_claims(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<Identity, OidcError> {
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let email = text(&self.cfg.email_claim);
+        if !email.is_empty() && !self.cfg.allow_unverified_email && claims.get("email_verified").and_then(|v| v.as_bool()) == Some(false) {
+            return Err(OidcError::UnverifiedEmail);
+        }
+        let mut user = text(&self.cfg.user_id_claim);
+        if user.is_empty() {
+            user = text("sub");
+        }
+        let groups = match claims.get(&self.cfg.groups_claim) {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        Ok(Identity { user, email, preferred_username: text("preferred_username"), groups, ..Identity::default() })
+    }
+}
+
+const NO_MATCHING_KEY: &str = "no key in the provider's JWKS matches the token's key id";
+
+fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = raw.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn token_error<RE: std::error::Error + 'static>(e: RequestTokenError<RE, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>) -> OidcError {
+    match e {
+        RequestTokenError::ServerResponse(r) => OidcError::TokenRefused {
+            error: r.error().to_string(),
+            description: r.error_description().cloned(),
+        },
+        RequestTokenError::Request(e) => OidcError::TokenTransport(error_chain(&e)),
+        RequestTokenError::Parse(e, _) => OidcError::TokenTransport(format!("unparseable token response: {e}")),
+        RequestTokenError::Other(s) => OidcError::TokenTransport(s),
+    }
+}
+
+impl From<HttpError> for OidcError {
+    fn from(e: HttpError) -> Self {
+        OidcError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,75 @@
+//! The HTML the proxy shows people: the sign-in page and error pages. Every interpolated
+//! value is HTML-escaped.
+
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}\
+main{background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2.5rem 3rem;max-width:28rem;text-align:center}\
+h1{font-size:1.4rem;margin:0 0 1rem}p{color:#4a5263;line-height:1.5}button{font-size:1rem;padding:.7rem 1.6rem;border:0;border-radius:8px;background:#2456d6;color:#fff;cursor:pointer}\
+button:hover{background:#1b45b0}footer{margin-top:1.5rem;font-size:.8rem;color:#8a91a0}code{background:#f0f1f4;padding:.1rem .3rem;border-radius:4px}";
+
+fn page(title: &str, body: &str, footer: Option<&str>) -> String {
+    let footer = match footer {
+        Some("-") => String::new(),
+        Some(f) => format!("<footer>{}</footer>", escape(f)),
+        None => "<footer>Secured by sidekey</footer>".to_string(),
+    };
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"robots\" content=\"noindex,nofollow\"><title>{}</title><style>{STYLE}</style></head><body><main>{body}{footer}</main></body></html>",
+        escape(title)
+    )
+}
+
+pub fn sign_in(start_url: &str, provider_name: &str, banner: Option<&str>, footer: Option<&str>) -> String {
+    let banner = match banner {
+        Some("-") => String::new(),
+        Some(b) => format!("<p>{}</p>", escape(b)),
+        None => "<p>You need to sign in to continue.</p>".to_string(),
+    };
+    page(
+        "Sign in",
+        &format!(
+            "<h1>Sign in</h1>{banner}<form method=\"GET\" action=\"{}\"><button type=\"submit\" id=\"sign-in\">Sign in with {}</button></form>",
+            escape(start_url),
+            escape(provider_name)
+        ),
+        footer,
+    )
+}
+
+pub fn error(status: u16, title: &str, message: &str, request_id: &str, footer: Option<&str>) -> String {
+    page(
+        title,
+        &format!(
+            "<h1>{}</h1><p>{}</p><p><small>Status {status} · request id <code>{}</code></small></p><p><a href=\"/\">Back to the start</a></p>",
+            escape(title),
+            escape(message),
+            escape(request_id)
+        ),
+        footer,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_everything_interpolated() {
+        let html = super::sign_in("/oauth2/start?rd=%2F&x=\"><script>", "<b>IdP</b>", Some("<img src=x>"), None);
+        assert!(!html.contains("<script>") && !html.contains("<b>IdP") && !html.contains("<img"));
+        assert!(html.contains("&lt;b&gt;IdP&lt;/b&gt;"));
+    }
+}

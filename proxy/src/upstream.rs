@@ -1,0 +1,250 @@
+//! Forwarding to upstreams: longest-prefix routing, streaming bodies both ways, WebSocket
+//! upgrades, `static://` responses and `file://` directories.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::body::{Body, empty, full};
+use crate::config::{Upstream, UpstreamTarget};
+use crate::http_client::{HttpsConnector, https_connector, tls_config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no upstream serves this path")]
+    NoRoute,
+    #[error("upstream {origin} is unreachable: {message}")]
+    Unreachable { origin: String, message: String },
+    #[error("upstream {origin} did not answer within {timeout:?}")]
+    Timeout { origin: String, timeout: Duration },
+}
+
+pub struct Upstreams {
+    routes: Vec<Upstream>,
+    client: Client<HttpsConnector, Incoming>,
+    timeout: Duration,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+impl Upstreams {
+    pub fn new(routes: Vec<Upstream>, timeout: Duration) -> Result<Self, String> {
+        let connector = https_connector(tls_config(&[])?, timeout.min(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstreams { routes, client, timeout })
+    }
+
+    /// The upstream with the longest path prefix matching `path` (routes are sorted so).
+    pub fn route(&self, path: &str) -> Option<&Upstream> {
+        self.routes.iter().find(|u| prefix_matches(&u.path, path))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub async fn serve(&self, upstream: &Upstream, req: Request<Incoming>, peer: SocketAddr, pass_host: bool) -> Result<Response<Body>, UpstreamError> {
+        match &upstream.target {
+            UpstreamTarget::Static(code) => Ok(static_response(*code)),
+            UpstreamTarget::File(dir) => Ok(serve_file(dir, &upstream.path, req.uri().path()).await),
+            UpstreamTarget::Http(origin) => self.forward(origin, req, peer, pass_host).await,
+        }
+    }
+
+    async fn forward(&self, origin: &url::Url, mut req: Request<Incoming>, peer: SocketAddr, pass_host: bool) -> Result<Response<Body>, UpstreamError> {
+        let origin_text = origin.as_str().trim_end_matches('/');
+        let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = format!("{origin_text}{path_and_query}").parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Unreachable {
+            origin: origin_text.to_string(),
+            message: e.to_string(),
+        })?;
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let upgrade = wants_upgrade(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers);
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        append_forwarded_for(headers, peer);
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        if let Some(host) = &original_host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+        match (&original_host, pass_host) {
+            (Some(host), true) => {
+                headers.insert(header::HOST, host.clone());
+            }
+            _ => {
+                headers.remove(header::HOST);
+            }
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let response = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout { origin: origin_text.to_string(), timeout: self.timeout })?
+            .map_err(|e| UpstreamError::Unreachable { origin: origin_text.to_string(), message: crate::http_client::error_chain(&e) })?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            return Ok(switch_protocols(response, client_upgrade));
+        }
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    }
+}
+
+/// Joins the two upgraded connections once both sides have switched protocols.
+fn switch_protocols(mut upstream: Response<Incoming>, client: hyper::upgrade::OnUpgrade) -> Response<Body> {
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream_upgrade) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection closed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
+        }
+    });
+    let (parts, _) = upstream.into_parts();
+    Response::from_parts(parts, empty())
+}
+
+/// The protocol a client asks to upgrade to (WebSocket), if the request really is an upgrade.
+fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+}
+
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix) && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+}
+
+fn static_response(code: u16) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    let mut resp = Response::new(full(status.canonical_reason().unwrap_or("OK").to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Maps a request path below `prefix` to a file below `dir`, refusing anything that could
+/// leave `dir` (`..`, encoded separators, NUL).
+pub fn file_path(dir: &Path, prefix: &str, request_path: &str) -> Option<PathBuf> {
+    let rest = request_path.strip_prefix(prefix.trim_end_matches('/'))?;
+    let decoded = percent_encoding::percent_decode_str(rest).decode_utf8().ok()?;
+    if decoded.contains('\0') || decoded.contains('\\') {
+        return None;
+    }
+    let mut out = dir.to_path_buf();
+    for c in Path::new(decoded.trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(seg) => out.push(seg),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+async fn serve_file(dir: &Path, prefix: &str, request_path: &str) -> Response<Body> {
+    let not_found = || {
+        let mut r = Response::new(full("404 page not found\n"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    };
+    let Some(mut path) = file_path(dir, prefix, request_path) else { return not_found() };
+    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
+        path.push("index.html");
+    }
+    let Ok(file) = tokio::fs::File::open(&path).await else { return not_found() };
+    let Ok(meta) = file.metadata().await else { return not_found() };
+    if !meta.is_file() {
+        return not_found();
+    }
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let body = http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(stream, hyper::body::Frame::data));
+    let mut resp = Response::new(BodyExt::map_err(body, Into::into).boxed_unsync());
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    resp
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("ico") => "image/x-icon",
+        Some("woff2") => "font/woff2",
+        Some("wasm") => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
