@@ -57,7 +57,7 @@ impl RedirectPolicy {
             if next == decoded {
                 break;
             }
-            if has_forbidden_bytes(&next) || next.starts_with("//") {
+            if has_forbidden_decoded(&next) {
                 return None;
             }
             decoded = next;
@@ -116,7 +116,26 @@ impl RedirectPolicy {
 }
 
 fn has_forbidden_bytes(s: &str) -> bool {
-    s.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '\u{feff}')
+    s.chars().any(|c| c.is_whitespace() || has_forbidden_char(c)) || escapes_at_start(s)
+}
+
+/// After decoding, spaces may be legitimate (`/My%20Files`); control characters,
+/// backslashes and a host-like start are not.
+fn has_forbidden_decoded(s: &str) -> bool {
+    s.chars().any(has_forbidden_char) || escapes_at_start(s)
+}
+
+fn has_forbidden_char(c: char) -> bool {
+    c.is_control() || c == '\\' || c == '\u{feff}' || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// `//x`, `/ /x`, `/./x`, `/../x`: browsers (and some servers) read these as another host
+/// (oauth2-proxy's `[/\\](\s*|\.{1,2})[/\\]`, CVE-2020-11053).
+fn escapes_at_start(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix('/') else { return false };
+    let Some(end) = rest.find('/') else { return false };
+    let between = &rest[..end];
+    between.chars().all(char::is_whitespace) || between == "." || between == ".."
 }
 
 #[cfg(test)]
@@ -151,7 +170,7 @@ mod tests {
             "https:///evil.com", "https://example.com@evil.com/", "https://evil.com\\@example.com/", "https://evil.com#@example.com",
             "javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x", "ftp://example.com/", "https://exact.org.evil/",
             "https://sub.exact.org/", "https://ports.net/", "https://ports.net:9443/", "https://exаmple.com/", "evil.com",
-            "", "/\u{0}x", "https://xn--exmple-4nf.com/",
+            "", "/\u{0}x", "https://xn--exmple-4nf.com/", "/./evil.com", "/../evil.com", "/%20/evil.com", "/%2e%2e/evil.com",
         ];
         for b in bad {
             assert_eq!(p.validate(b), None, "{b:?} accepted");

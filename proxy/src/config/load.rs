@@ -103,7 +103,7 @@ where
     let matches = command().try_get_matches_from(args).map_err(LoadError::Cli)?;
 
     let mut flags = Values::default();
-    for opt in OPTIONS {
+    for opt in OPTIONS.iter().filter(|o| o.key != "version") {
         if matches.value_source(opt.key) != Some(clap::parser::ValueSource::CommandLine) {
             continue;
         }
@@ -161,6 +161,8 @@ fn command() -> Command {
         .about("OIDC-authenticating reverse proxy and forward-auth endpoint; reads oauth2-proxy's flags, TOML keys and OAUTH2_PROXY_* variables.")
         .version(env!("CARGO_PKG_VERSION"))
         .disable_version_flag(true)
+        // Go's pflag: a repeated single-valued flag takes the last value.
+        .args_override_self(true)
         .arg(Arg::new("print_version").long("version").action(ArgAction::Version).help("Print the version and exit."));
     for opt in OPTIONS.iter().filter(|o| o.key != "version") {
         let mut arg = Arg::new(opt.key).long(opt.flag).help(opt.help).value_name(match opt.kind {

@@ -1,0 +1,266 @@
+use super::load::{Value, parse_toml};
+use super::*;
+
+const SECRET_44: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E="; // openssl rand -base64 32
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn base_args() -> Vec<&'static str> {
+    vec![
+        "sidekey-proxy",
+        "--provider=oidc",
+        "--oidc-issuer-url=https://idp.example.com",
+        "--client-id=app",
+        "--client-secret=s3cret",
+        "--cookie-secret",
+        SECRET_44,
+        "--email-domain=example.com",
+    ]
+}
+
+fn build(args: &[&str], env_pairs: &[(&str, &str)]) -> Result<Config, String> {
+    let inv = load(args.iter().map(|s| s.to_string()), env(env_pairs)).map_err(|e| e.to_string())?;
+    Config::from_values(&inv.values).map_err(|e| e.to_string())
+}
+
+/// A typical oauth2-proxy TOML, as users have it today, loads unchanged.
+const TYPICAL_TOML: &str = r#"
+## oauth2-proxy config
+http_address = "0.0.0.0:4180"
+provider = "oidc"
+provider_display_name = "Corp SSO"
+oidc_issuer_url = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+client_id = "00000000-0000-0000-0000-000000000000"
+client_secret = "not-a-real-secret"
+upstreams = ["http://127.0.0.1:8080/", "http://127.0.0.1:9090/api/"]
+email_domains = ["example.com", "example.org"]
+cookie_secret = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E="
+cookie_domains = [".example.com"]
+cookie_secure = true
+cookie_expire = "12h"
+cookie_samesite = "lax"
+skip_provider_button = true
+set_xauthrequest = true
+pass_access_token = true
+code_challenge_method = "S256"
+whitelist_domains = [".example.com", "example.org:*"]
+session_cookie_minimal = false
+reverse_proxy = false
+pass_basic_auth = false
+insecure_oidc_skip_nonce = true
+session_store_type = "cookie"
+"#;
+
+#[test]
+fn typical_oauth2_proxy_toml_loads_unchanged() {
+    let v = parse_toml(TYPICAL_TOML, "test.cfg").unwrap();
+    let cfg = Config::from_values(&v).unwrap();
+    assert_eq!(cfg.http_address, "0.0.0.0:4180".parse().unwrap());
+    assert_eq!(cfg.provider.display_name, "Corp SSO");
+    assert_eq!(cfg.upstreams.len(), 2);
+    assert_eq!(cfg.upstreams[0].path, "/api/", "longest prefix first");
+    assert_eq!(cfg.authz.email_domains, vec!["example.com", "example.org"]);
+    assert_eq!(cfg.cookie.secret.expose().len(), 32);
+    assert_eq!(cfg.cookie.domains, vec!["example.com"]);
+    assert_eq!(cfg.cookie.expire, Duration::from_secs(12 * 3600));
+    assert_eq!(cfg.cookie.samesite, SameSite::Lax);
+    assert!(cfg.skip_provider_button && cfg.headers.set_xauthrequest && cfg.headers.pass_access_token);
+    assert!(!cfg.headers.pass_basic_auth);
+    assert!(cfg.provider.pkce);
+    assert_eq!(cfg.whitelist_domains, vec![".example.com", "example.org:*"]);
+    assert!(!cfg.cookie.minimal);
+}
+
+#[test]
+fn minimal_session_with_token_passing_is_refused() {
+    let text = TYPICAL_TOML.replace("session_cookie_minimal = false", "session_cookie_minimal = true");
+    let err = Config::from_values(&parse_toml(&text, "t").unwrap()).unwrap_err().to_string();
+    assert!(err.contains("session_cookie_minimal") && err.contains("pass_access_token"), "{err}");
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_the_closest_valid_one() {
+    let err = parse_toml("upstream = [\"http://x\"]", "my.cfg").unwrap_err().to_string();
+    assert_eq!(err, "unknown option `upstream` in my.cfg (did you mean `upstreams`?)");
+    let err = parse_toml("cookie_secert = \"x\"", "my.cfg").unwrap_err().to_string();
+    assert!(err.contains("`cookie_secert`") && err.contains("`cookie_secret`"), "{err}");
+    let err = parse_toml("totally_unrelated = 1", "my.cfg").unwrap_err().to_string();
+    assert_eq!(err, "unknown option `totally_unrelated` in my.cfg");
+    let mut args = base_args();
+    args.push("--upstreams=http://x");
+    let err = build(&args, &[]).unwrap_err();
+    assert!(err.contains("--upstreams") && err.contains("--upstream"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_option() {
+    let err = parse_toml("cookie_secure = \"yes\"", "c").unwrap_err().to_string();
+    assert!(err.starts_with("option `cookie_secure`: expected true or false"), "{err}");
+    let err = parse_toml("email_domains = [1]", "c").unwrap_err().to_string();
+    assert!(err.contains("email_domains"), "{err}");
+}
+
+#[test]
+fn precedence_is_flag_then_env_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.cfg");
+    std::fs::write(
+        &file,
+        format!("provider = \"oidc\"\noidc_issuer_url = \"https://file.example.com\"\nclient_id = \"file\"\nclient_secret = \"x\"\ncookie_secret = \"{SECRET_44}\"\nemail_domains = [\"file.com\"]\nupstreams = [\"http://file:1/\"]\ncookie_name = \"from_file\"\n"),
+    )
+    .unwrap();
+    let args = ["sidekey-proxy", "--config", file.to_str().unwrap(), "--client-id=flag", "--upstream=http://flag:1/", "--upstream=http://flag:2/api"];
+    let cfg = build(
+        &args,
+        &[("OAUTH2_PROXY_CLIENT_ID", "env"), ("OAUTH2_PROXY_EMAIL_DOMAINS", "env.com,env.org"), ("OAUTH2_PROXY_COOKIE_NAME", "from_env")],
+    )
+    .unwrap();
+    assert_eq!(cfg.provider.client_id, "flag");
+    assert_eq!(cfg.authz.email_domains, vec!["env.com", "env.org"]);
+    assert_eq!(cfg.cookie.name, "from_env");
+    assert_eq!(cfg.upstreams.len(), 2, "flags replace the file's list");
+    assert_eq!(cfg.provider.issuer_url.as_str(), "https://file.example.com/");
+    // OAUTH2_PROXY_CONFIG names the file too.
+    let cfg = build(&["sidekey-proxy"], &[("OAUTH2_PROXY_CONFIG", file.to_str().unwrap())]).unwrap();
+    assert_eq!(cfg.cookie.name, "from_file");
+}
+
+#[test]
+fn unknown_env_vars_only_warn() {
+    // Kubernetes injects these for a Service named oauth2-proxy.
+    let inv = load(base_args(), env(&[("OAUTH2_PROXY_SERVICE_HOST", "10.0.0.1"), ("OAUTH2_PROXY_UPSTREAM", "x")])).unwrap();
+    assert_eq!(inv.values.warnings.len(), 2);
+    assert!(inv.values.warnings[1].contains("OAUTH2_PROXY_UPSTREAMS"), "{:?}", inv.values.warnings);
+}
+
+#[test]
+fn bool_flags_follow_go_syntax() {
+    let mut args = base_args();
+    args.extend(["--skip-provider-button", "--cookie-secure=false", "--pass-user-headers=0"]);
+    let cfg = build(&args, &[]).unwrap();
+    assert!(cfg.skip_provider_button && !cfg.cookie.secure && !cfg.headers.pass_user_headers);
+    let mut args = base_args();
+    args.push("--cookie-secure=maybe");
+    assert!(build(&args, &[]).unwrap_err().contains("--cookie-secure"));
+}
+
+#[test]
+fn cookie_secrets() {
+    assert_eq!(parse_cookie_secret(SECRET_44).unwrap().len(), 32);
+    assert_eq!(parse_cookie_secret("kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E").unwrap().len(), 32);
+    assert_eq!(parse_cookie_secret("0123456789abcdef").unwrap(), b"0123456789abcdef");
+    assert_eq!(parse_cookie_secret("0123456789abcdef01234567").unwrap().len(), 24);
+    assert_eq!(parse_cookie_secret(&"a".repeat(32)).unwrap().len(), 24, "oauth2-proxy's rule: base64 that decodes to 24 bytes wins");
+    let err = parse_cookie_secret("too-short").unwrap_err();
+    assert!(err.contains("openssl rand -base64 32"), "{err}");
+    let mut args = base_args();
+    args[6] = "short";
+    let err = build(&args, &[]).unwrap_err();
+    assert!(err.starts_with("option `cookie_secret`:") && err.contains("openssl rand"), "{err}");
+}
+
+#[test]
+fn missing_and_bad_settings_name_the_option_and_fix() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--provider=github"], "option `provider`"),
+        (&["--oidc-issuer-url=http://idp.example.com"], "option `oidc_issuer_url`: `http://idp.example.com/` uses plain http"),
+        (&["--oidc-issuer-url=not a url"], "option `oidc_issuer_url`"),
+        (&["--cookie-expire=7d"], "option `cookie_expire`: `7d` is not a duration"),
+        (&["--cookie-samesite=sometimes"], "option `cookie_samesite`"),
+        (&["--upstream=ftp://x"], "option `upstreams`: `ftp://x`"),
+        (&["--upstream=static://abc"], "static://202"),
+        (&["--redirect-url=https://app.example.com/callback"], "must be /oauth2/callback"),
+        (&["--http-address=nonsense"], "option `http_address`"),
+        (&["--code-challenge-method=plain"], "option `code_challenge_method`"),
+        (&["--skip-oidc-discovery"], "option `login_url`: is required with skip_oidc_discovery"),
+        (&["--scope=email"], "must include openid"),
+        (&["--skip-auth-route=GET=^/public"], "option `skip_auth_routes`: set in the command line, but sidekey-proxy does not support it yet"),
+        (&["--trusted-ip=10.0.0.0/8"], "spoofable"),
+        (&["--proxy-prefix=/oauth2/"], "option `proxy_prefix`"),
+    ];
+    for (extra, expected) in cases {
+        let mut args = base_args();
+        args.extend_from_slice(extra);
+        let err = build(&args, &[]).unwrap_err();
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+    let err = build(&["sidekey-proxy"], &[]).unwrap_err();
+    assert!(err.contains("option `provider`") && err.contains("google"), "{err}");
+    let no_domains: Vec<&str> = base_args().into_iter().filter(|a| !a.starts_with("--email-domain")).collect();
+    assert!(build(&no_domains, &[]).unwrap_err().contains("option `email_domains`"));
+    let no_secret: Vec<&str> = base_args().into_iter().filter(|a| !a.starts_with("--client-secret")).collect();
+    assert!(build(&no_secret, &[]).unwrap_err().contains("option `client_secret`"));
+    let mut public = no_secret.clone();
+    public.push("--code-challenge-method=S256");
+    assert!(build(&public, &[]).is_ok(), "an explicit PKCE public client is allowed");
+}
+
+#[test]
+fn planned_options_at_their_default_are_accepted() {
+    let mut args = base_args();
+    args.extend(["--session-store-type=cookie", "--reverse-proxy=false", "--skip-auth-strip-headers=true"]);
+    assert!(build(&args, &[]).is_ok());
+    let mut args = base_args();
+    args.push("--skip-auth-strip-headers=false");
+    assert!(build(&args, &[]).unwrap_err().contains("always strips"));
+}
+
+#[test]
+fn loopback_http_issuer_and_addresses() {
+    let mut args = base_args();
+    args[2] = "--oidc-issuer-url=http://127.0.0.1:9000/";
+    args.push("--http-address=:4180");
+    let cfg = build(&args, &[]).unwrap();
+    assert_eq!(cfg.http_address, "0.0.0.0:4180".parse().unwrap());
+    assert_eq!(parse_listen_address("http://127.0.0.1:1").unwrap(), "127.0.0.1:1".parse().unwrap());
+    assert_eq!(parse_listen_address("[::1]:4180").unwrap(), "[::1]:4180".parse().unwrap());
+    assert_eq!(parse_listen_address("localhost:80").unwrap(), "127.0.0.1:80".parse().unwrap());
+}
+
+#[test]
+fn upstream_forms() {
+    let mut args = base_args();
+    args.extend(["--upstream=http://a:1/", "--upstream=static://202", "--upstream=file:///srv/www#/static/"]);
+    let err = build(&args, &[]).unwrap_err();
+    assert!(err.contains("already serves the path /"), "{err}");
+    let mut args = base_args();
+    args.extend(["--upstream=http://a:1/app", "--upstream=static://202", "--upstream=file:///srv/www#/static/"]);
+    let cfg = build(&args, &[]).unwrap();
+    let kinds: Vec<_> = cfg.upstreams.iter().map(|u| (u.path.as_str(), &u.target)).collect();
+    assert_eq!(kinds[0], ("/static/", &UpstreamTarget::File("/srv/www".into())));
+    assert_eq!(kinds[1], ("/app", &UpstreamTarget::Http(url::Url::parse("http://a:1").unwrap())));
+    assert_eq!(kinds[2], ("/", &UpstreamTarget::Static(202)));
+}
+
+#[test]
+fn from_pairs_builds_values_for_tests() {
+    let v = Values::from_pairs(&[("provider", Value::Str("oidc".into()))]).unwrap();
+    assert!(v.is_set("provider"));
+    assert!(Values::from_pairs(&[("nope", Value::Bool(true))]).is_err());
+}
+
+#[test]
+fn configuration_doc_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    if std::env::var_os("SIDEKEY_UPDATE_DOCS").is_some() {
+        std::fs::write(path, options::markdown()).unwrap();
+        return;
+    }
+    assert!(committed == options::markdown(), "docs/configuration.md is stale: run `make docs`");
+}
+
+#[test]
+fn every_option_is_unique_and_well_formed() {
+    let mut keys = std::collections::HashSet::new();
+    let mut flags = std::collections::HashSet::new();
+    for o in options::OPTIONS {
+        assert!(keys.insert(o.key), "duplicate key {}", o.key);
+        assert!(flags.insert(o.flag), "duplicate flag {}", o.flag);
+        assert!(o.key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()), "{}", o.key);
+        assert!(o.flag.bytes().all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit()), "{}", o.flag);
+    }
+    assert!(options::OPTIONS.len() > 150, "the table covers oauth2-proxy's options");
+}

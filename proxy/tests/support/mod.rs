@@ -1,0 +1,321 @@
+//! Test peers: the real OpenID provider (node + oidc-provider), an in-process upstream that
+//! echoes what it received, and the proxy itself on a free loopback port.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sidekey_proxy::config::{Config, load};
+use sidekey_proxy::oidc::Clock;
+use tokio::net::TcpListener;
+
+pub const COOKIE_SECRET: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E=";
+pub const CLIENT_ID: &str = "sidekey-test";
+pub const CLIENT_SECRET: &str = "sidekey-test-secret";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The real OpenID provider, stopped on drop.
+pub struct Idp {
+    pub issuer: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl Idp {
+    /// Starts the IdP with one confidential client allowed to redirect to `redirect_uris`.
+    pub fn start(redirect_uris: &[String], extra: serde_json::Value) -> Idp {
+        let mut cfg = serde_json::json!({
+            "clients": [{
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "redirect_uris": redirect_uris,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "post_logout_redirect_uris": [],
+            }],
+        });
+        if let (Some(base), Some(more)) = (cfg.as_object_mut(), extra.as_object()) {
+            base.extend(more.clone());
+        }
+        let script = repo_root().join("tests/idp/server.mjs");
+        assert!(
+            repo_root().join("tests/node_modules/oidc-provider").exists(),
+            "tests/node_modules is missing: run `make test` (it runs npm ci in tests/)"
+        );
+        let mut child = Command::new("node")
+            .arg(&script)
+            .arg(cfg.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node is installed (make test installs the test peers)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("IdP prints its address");
+        let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP did not start: {e}: {line:?}"));
+        Idp { issuer: info["issuer"].as_str().unwrap().to_string(), port: info["port"].as_u64().unwrap() as u16, child }
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A clock the test can move forward.
+#[derive(Clone, Default)]
+pub struct TestClock(Arc<AtomicI64>);
+
+impl TestClock {
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_secs() as i64, Ordering::SeqCst);
+    }
+
+    pub fn clock(&self) -> Clock {
+        let offset = self.0.clone();
+        Arc::new(move || SystemTime::now() + Duration::from_secs(offset.load(Ordering::SeqCst) as u64))
+    }
+}
+
+/// A running proxy; stopped (gracefully) on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub clock: TestClock,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn bind() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// Starts the proxy on `listener` with oauth2-proxy-style flags.
+    pub async fn start(listener: TcpListener, args: &[String]) -> Proxy {
+        install_crypto();
+        let mut argv = vec!["sidekey-proxy".to_string()];
+        argv.extend_from_slice(args);
+        let inv = load(argv, Vec::<(String, String)>::new()).unwrap_or_else(|e| panic!("config: {e}"));
+        let cfg = Config::from_values(&inv.values).unwrap_or_else(|e| panic!("config: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let clock = TestClock::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let c = clock.clock();
+        let task = tokio::spawn(async move {
+            sidekey_proxy::run(cfg, listener, c, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Proxy { addr, url: format!("http://{addr}"), clock, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Flags for a proxy in front of `upstream`, logging in at `idp`.
+    pub fn args(idp_issuer: &str, upstream: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--provider=oidc",
+            &format!("--oidc-issuer-url={idp_issuer}"),
+            &format!("--client-id={CLIENT_ID}"),
+            &format!("--client-secret={CLIENT_SECRET}"),
+            &format!("--cookie-secret={COOKIE_SECRET}"),
+            "--cookie-secure=false",
+            "--email-domain=example.com",
+            &format!("--upstream={upstream}"),
+            "--request-logging=false",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub fn trigger_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// An upstream that answers with JSON describing the request it received. `/slow` waits
+/// 500 ms; `/ws` accepts an upgrade and echoes bytes.
+pub struct Upstream {
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(echo(req).await) });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { url: format!("http://{addr}/"), addr }
+    }
+}
+
+async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let mut body_len = 0usize;
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map(|f| f.into_data()) {
+            body_len += data.map(|d| d.len()).unwrap_or(0);
+        }
+    }
+    let json = serde_json::json!({ "method": method, "uri": uri, "headers": headers, "body_len": body_len });
+    Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(json.to_string()))).unwrap()
+}
+
+/// An HTTP client with a cookie jar that does not follow redirects, so each hop is checked.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+pub fn location(resp: &reqwest::Response) -> String {
+    resp.headers().get("location").unwrap_or_else(|| panic!("no Location on {} {}", resp.status(), resp.url())).to_str().unwrap().to_string()
+}
+
+fn absolute(base: &str, loc: &str) -> String {
+    url::Url::parse(base).unwrap().join(loc).unwrap().to_string()
+}
+
+/// The IdP's part of a login: from the authorization URL to the proxy's callback URL.
+/// Login form POST, then the consent form (a new interaction id), then back to us.
+pub async fn idp_login(client: &reqwest::Client, auth_url: &str, user: &str, password: &str) -> String {
+    let mut url = auth_url.to_string();
+    let mut posted_login = false;
+    for _ in 0..12 {
+        let resp = client.get(&url).send().await.unwrap();
+        if resp.status().is_redirection() {
+            let next = absolute(&url, &location(&resp));
+            if next.contains("/oauth2/callback") {
+                return next;
+            }
+            url = next;
+            continue;
+        }
+        let body = resp.text().await.unwrap();
+        let uid = url.rsplit("/interaction/").next().unwrap().split(['/', '?']).next().unwrap().to_string();
+        let idp_base = url.split("/interaction/").next().unwrap().to_string();
+        let resp = if body.contains("id=\"login\"") && !posted_login {
+            posted_login = true;
+            client.post(format!("{idp_base}/interaction/{uid}/login")).form(&[("login", user), ("password", password)]).send().await.unwrap()
+        } else if body.contains("id=\"consent\"") {
+            client.post(format!("{idp_base}/interaction/{uid}/confirm")).send().await.unwrap()
+        } else {
+            panic!("unexpected IdP page at {url}: {body}");
+        };
+        assert!(resp.status().is_redirection(), "IdP answered {} at {url}", resp.status());
+        url = absolute(&url, &location(&resp));
+        if url.contains("/oauth2/callback") {
+            return url;
+        }
+    }
+    panic!("login did not reach the callback");
+}
+
+/// `/oauth2/start` → IdP → callback URL (not yet visited).
+pub async fn start_and_authenticate(client: &reqwest::Client, proxy: &str, rd: &str, user: &str, password: &str) -> String {
+    let resp = client.get(format!("{proxy}/oauth2/start?rd={}", urlencode(rd))).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "start redirects to the IdP");
+    idp_login(client, &location(&resp), user, password).await
+}
+
+/// A full login; returns the proxy's response to the callback.
+pub async fn login(client: &reqwest::Client, proxy: &str, rd: &str, user: &str, password: &str) -> reqwest::Response {
+    let callback = start_and_authenticate(client, proxy, rd, user, password).await;
+    client.get(callback).send().await.unwrap()
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Waits for a condition with a deadline, polling; never a fixed sleep.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

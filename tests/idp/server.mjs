@@ -1,0 +1,141 @@
+// A real OpenID provider (the npm package oidc-provider) for sidekey's tests and demo.
+//
+// Usage: node tests/idp/server.mjs '<json config>'
+// Config (all optional): { port, host, clients: [{client_id, client_secret, redirect_uris, ...}],
+//   users: {id: {password, email, email_verified, groups, preferred_username, name}},
+//   ttl: {IdToken, AccessToken, AuthorizationCode, RefreshToken} (seconds) }
+// Prints one JSON line {"issuer": "...", "port": N} on stdout once it is listening.
+// Login and consent are plain HTML forms, so both an HTTP client and a browser can drive them.
+import http from 'node:http';
+import crypto from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const config = JSON.parse(process.argv[2] || process.env.IDP_CONFIG || '{}');
+const host = config.host || '127.0.0.1';
+
+const DEFAULT_USERS = {
+  alice: { password: 'alice-password', email: 'alice@example.com', email_verified: true, groups: ['admins', 'devs'], preferred_username: 'alice', name: 'Alice Example' },
+  bob: { password: 'bob-password', email: 'bob@other.org', email_verified: true, groups: ['devs'], preferred_username: 'bob', name: 'Bob Other' },
+  carol: { password: 'carol-password', email: 'carol@example.com', email_verified: false, groups: [], preferred_username: 'carol', name: 'Carol Unverified' },
+  mallory: { password: 'mallory-password', email: 'mallory@evil.com@example.com', email_verified: true, groups: ['admins'], preferred_username: 'mallory', name: 'Mallory' },
+};
+const users = config.users || DEFAULT_USERS;
+
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
+
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+const page = (title, body) => `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${esc(title)}</title></head><body><h1>${esc(title)}</h1>${body}</body></html>`;
+
+function readForm(req) {
+  return new Promise((resolve, reject) => {
+    let data = '';
+    req.setEncoding('utf8');
+    req.on('data', (c) => { data += c; if (data.length > 1e5) req.destroy(); });
+    req.on('end', () => resolve(Object.fromEntries(new URLSearchParams(data))));
+    req.on('error', reject);
+  });
+}
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(config.port || 0, host, resolve));
+const port = server.address().port;
+const issuer = config.issuer || `http://${host}:${port}`;
+
+const provider = new Provider(issuer, {
+  clients: config.clients || [],
+  jwks: { keys: [signingKey] },
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  findAccount: (ctx, id) => {
+    const u = users[id];
+    if (!u) return undefined;
+    return {
+      accountId: id,
+      claims: () => ({ sub: id, email: u.email, email_verified: u.email_verified, groups: u.groups, preferred_username: u.preferred_username, name: u.name }),
+    };
+  },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username', 'groups'] },
+  conformIdTokenClaims: false,
+  clockTolerance: 0,
+  features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
+  pkce: { required: () => false },
+  scopes: ['openid', 'email', 'profile', 'offline_access'],
+  ttl: {
+    AccessToken: config.ttl?.AccessToken ?? 3600,
+    AuthorizationCode: config.ttl?.AuthorizationCode ?? 60,
+    IdToken: config.ttl?.IdToken ?? 3600,
+    RefreshToken: config.ttl?.RefreshToken ?? 86400,
+    Interaction: 600,
+    Session: 3600,
+    Grant: 3600,
+  },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  renderError: (ctx, out) => {
+    ctx.type = 'html';
+    ctx.body = page('Error', `<pre>${esc(JSON.stringify(out))}</pre>`);
+  },
+});
+provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+
+async function interaction(req, res) {
+  try {
+    const url = new URL(req.url, issuer);
+    const parts = url.pathname.split('/').filter(Boolean); // interaction, uid, [action]
+    const details = await provider.interactionDetails(req, res);
+    const { uid, prompt, params } = details;
+    if (req.method === 'GET') {
+      res.setHeader('content-type', 'text/html; charset=utf-8');
+      if (prompt.name === 'login') {
+        res.end(page('Sign in to the test IdP', `<p>Client: ${esc(params.client_id)}</p>
+<form method="post" action="/interaction/${uid}/login" id="login">
+<label>User <input name="login" id="username" autofocus></label>
+<label>Password <input name="password" id="password" type="password"></label>
+<button type="submit" id="submit">Sign in</button></form>`));
+      } else {
+        res.end(page('Authorize', `<p>${esc(params.client_id)} asks for: ${esc(params.scope)}</p>
+<form method="post" action="/interaction/${uid}/confirm" id="consent"><button type="submit" id="allow">Allow</button></form>`));
+      }
+      return;
+    }
+    const form = await readForm(req);
+    if (parts[2] === 'login') {
+      const u = users[form.login];
+      if (!u || u.password !== form.password) {
+        res.statusCode = 200;
+        res.setHeader('content-type', 'text/html; charset=utf-8');
+        res.end(page('Sign in to the test IdP', `<p id="error">Invalid user or password</p>
+<form method="post" action="/interaction/${uid}/login"><input name="login"><input name="password" type="password"><button type="submit">Sign in</button></form>`));
+        return;
+      }
+      await provider.interactionFinished(req, res, { login: { accountId: form.login } }, { mergeWithLastSubmission: false });
+      return;
+    }
+    if (parts[2] === 'confirm') {
+      const { session: { accountId }, grantId } = details;
+      const grant = grantId ? await provider.Grant.find(grantId) : new provider.Grant({ accountId, clientId: params.client_id });
+      const missing = prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      if (missing.missingResourceScopes) {
+        for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes)) grant.addResourceScope(indicator, scopes.join(' '));
+      }
+      await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
+      return;
+    }
+    res.statusCode = 404;
+    res.end('not found');
+  } catch (err) {
+    res.statusCode = 400;
+    res.setHeader('content-type', 'text/plain');
+    res.end(`interaction failed: ${err.message}`);
+  }
+}
+
+const callback = provider.callback();
+server.on('request', (req, res) => {
+  if (req.url.startsWith('/interaction/')) return interaction(req, res);
+  return callback(req, res);
+});
+
+process.stdout.write(JSON.stringify({ issuer, port }) + '\n');
+for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => server.close(() => process.exit(0)));
