@@ -165,7 +165,7 @@ impl App {
             } else if path == self.paths.callback {
                 self.callback(&req).await
             } else if path == self.paths.sign_in {
-                Ok(self.sign_in_page(&req, StatusCode::OK, true))
+                Ok(self.sign_in_page(&req, StatusCode::OK, None))
             } else if path == self.paths.sign_out {
                 Ok(self.sign_out(&req))
             } else if path == self.paths.userinfo {
@@ -224,20 +224,21 @@ impl App {
             let request_id = self.request_id(req.headers());
             return self.start(req, Some(original)).await.unwrap_or_else(|f| self.fail(f, &request_id));
         }
-        let mut resp = self.sign_in_page(req, StatusCode::FORBIDDEN, false);
-        if let Some(rd) = self.redirects.validate(&original) {
-            let start = format!("{}?rd={}", self.paths.start, urlencode(&rd));
-            *resp.body_mut() = full(pages::sign_in(&start, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref()));
-        }
-        resp
+        let rd = self.redirects.validate(&original).unwrap_or_else(|| "/".into());
+        self.sign_in_page(req, StatusCode::FORBIDDEN, Some(rd))
     }
 
     /// The sign-in page. Visiting it directly ends any current session, so a shared
     /// browser never keeps the previous user's session behind the page (CVE-2026-34454 class).
-    fn sign_in_page(&self, req: &Request<Incoming>, status: StatusCode, clear_session: bool) -> Response<Body> {
-        let rd = query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)).unwrap_or_else(|| "/".into());
-        let start = format!("{}?rd={}", self.paths.start, urlencode(&rd));
-        let mut resp = html(status, pages::sign_in(&start, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref()));
+    /// `rd` is given for a protected page the user asked for; without it, this is the
+    /// `/sign_in` endpoint, which takes `rd` from the query and ends the current session.
+    fn sign_in_page(&self, req: &Request<Incoming>, status: StatusCode, rd: Option<String>) -> Response<Body> {
+        let clear_session = rd.is_none();
+        let rd = rd
+            .or_else(|| query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)))
+            .unwrap_or_else(|| "/".into());
+        let body = pages::sign_in(&self.paths.start, &rd, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref());
+        let mut resp = html(status, body);
         if clear_session {
             let cookies = RequestCookies::parse(req.headers());
             let writer = self.cookie_writer(req.headers());
@@ -505,10 +506,6 @@ fn wants_json_only(headers: &HeaderMap) -> bool {
 
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn random_token() -> String {

@@ -34,7 +34,8 @@ fn page(title: &str, body: &str, footer: Option<&str>) -> String {
     )
 }
 
-pub fn sign_in(start_url: &str, provider_name: &str, banner: Option<&str>, footer: Option<&str>) -> String {
+/// A GET form replaces its action's query string, so `rd` travels as a hidden field.
+pub fn sign_in(start_path: &str, rd: &str, provider_name: &str, banner: Option<&str>, footer: Option<&str>) -> String {
     let banner = match banner {
         Some("-") => String::new(),
         Some(b) => format!("<p>{}</p>", escape(b)),
@@ -43,8 +44,9 @@ pub fn sign_in(start_url: &str, provider_name: &str, banner: Option<&str>, foote
     page(
         "Sign in",
         &format!(
-            "<h1>Sign in</h1>{banner}<form method=\"GET\" action=\"{}\"><button type=\"submit\" id=\"sign-in\">Sign in with {}</button></form>",
-            escape(start_url),
+            "<h1>Sign in</h1>{banner}<form method=\"GET\" action=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\"><button type=\"submit\" id=\"sign-in\">Sign in with {}</button></form>",
+            escape(start_path),
+            escape(rd),
             escape(provider_name)
         ),
         footer,
@@ -68,7 +70,7 @@ pub fn error(status: u16, title: &str, message: &str, request_id: &str, footer: 
 mod tests {
     #[test]
     fn escapes_everything_interpolated() {
-        let html = super::sign_in("/oauth2/start?rd=%2F&x=\"><script>", "<b>IdP</b>", Some("<img src=x>"), None);
+        let html = super::sign_in("/oauth2/start", "/\"><script>", "<b>IdP</b>", Some("<img src=x>"), None);
         assert!(!html.contains("<script>") && !html.contains("<b>IdP") && !html.contains("<img"));
         assert!(html.contains("&lt;b&gt;IdP&lt;/b&gt;"));
     }

@@ -111,7 +111,7 @@ async fn unauthenticated_requests() {
     let page = client.get(format!("{p}/private?q=1")).header("accept", "text/html").send().await.unwrap();
     assert_eq!(page.status(), 403);
     let html = page.text().await.unwrap();
-    assert!(html.contains("/oauth2/start?rd=%2Fprivate%3Fq%3D1"), "{html}");
+    assert!(html.contains("action=\"/oauth2/start\"") && html.contains("name=\"rd\" value=\"/private?q=1\""), "{html}");
     let api = client.get(format!("{p}/api")).header("accept", "application/json").send().await.unwrap();
     assert_eq!(api.status(), 401);
     assert_eq!(client.get(format!("{p}/oauth2/auth")).send().await.unwrap().status(), 401);

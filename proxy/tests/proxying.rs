@@ -1,0 +1,175 @@
+//! Forwarding behaviour with a session sealed by the test (it knows the cookie secret), so
+//! no identity provider is needed: streaming, WebSockets, upstream failures, static and
+//! file upstreams, graceful shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sidekey_proxy::session::Session;
+use sidekey_proxy::session::codec::{Purpose, Sealer};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An issuer nobody listens on: these tests never log in.
+fn dead_issuer() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+fn session_cookie() -> String {
+    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let s = Session {
+        user: "alice@example.com".into(),
+        email: "alice@example.com".into(),
+        preferred_username: "alice".into(),
+        groups: vec!["devs".into()],
+        created_at: now,
+        expires_at: now + 3600,
+        ..Session::default()
+    };
+    format!("_oauth2_proxy={}", Sealer::new(&secret, Purpose::Session).seal("_oauth2_proxy", &s))
+}
+
+async fn proxy_for(upstreams: &[&str]) -> Proxy {
+    let mut extra: Vec<String> = upstreams.iter().map(|u| format!("--upstream={u}")).collect();
+    extra.push("--upstream-timeout=2s".into());
+    let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut args = Proxy::args(&dead_issuer(), "static://299", &extra_refs);
+    args.retain(|a| a != "--upstream=static://299");
+    Proxy::start(Proxy::bind().await, &args).await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+#[tokio::test]
+async fn streams_large_bodies_both_ways() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy_for(&[&upstream.url]).await;
+    let body = vec![b'x'; 16 * 1024 * 1024];
+    let resp = client().post(format!("{}/upload", proxy.url)).header("cookie", session_cookie()).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let view: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(view["body_len"], 16 * 1024 * 1024);
+    assert_eq!(view["method"], "POST");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy_for(&[&upstream.url]).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {}\r\n\r\n",
+        proxy.addr,
+        session_cookie()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+}
+
+#[tokio::test]
+async fn websocket_without_session_is_refused() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy_for(&[&upstream.url]).await;
+    let resp = client()
+        .get(format!("{}/ws", proxy.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn upstream_down_gives_a_quick_502() {
+    let dead = dead_issuer();
+    let proxy = proxy_for(&[&format!("{dead}/")]).await;
+    let started = Instant::now();
+    let resp = client().get(format!("{}/", proxy.url)).header("cookie", session_cookie()).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+    assert!(resp.text().await.unwrap().contains("not responding"));
+}
+
+#[tokio::test]
+async fn slow_upstream_times_out_with_504() {
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = proxy_for(&[&format!("http://{addr}/")]).await;
+    let resp = client().get(format!("{}/", proxy.url)).header("cookie", session_cookie()).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+}
+
+#[tokio::test]
+async fn routes_by_longest_prefix_to_http_static_and_file_upstreams() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from a file").unwrap();
+    std::fs::write(dir.path().join("index.html"), "<p>index</p>").unwrap();
+    let file = format!("file://{}#/static/", dir.path().display());
+    let api = format!("{}api", upstream.url);
+    let proxy = proxy_for(&[&api, &file, "static://202"]).await;
+    let c = client();
+    let get = |path: &str| c.get(format!("{}{path}", proxy.url)).header("cookie", session_cookie()).send();
+    let r = get("/api/v1/x?y=2").await.unwrap();
+    let view: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(view["uri"], "/api/v1/x?y=2");
+    let r = get("/static/hello.txt").await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "hello from a file");
+    assert_eq!(get("/static/").await.unwrap().text().await.unwrap(), "<p>index</p>");
+    // Dot segments, sent raw (HTTP clients resolve `..` and `%2e%2e` away before sending).
+    for path in ["/static/../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2fetc/passwd"] {
+        assert!(raw_get(proxy.addr, path).await.starts_with("HTTP/1.1 404"), "{path}");
+    }
+    assert_eq!(get("/apix").await.unwrap().status(), 202, "/api does not match /apix");
+    assert_eq!(get("/anything").await.unwrap().status(), 202);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let upstream = Upstream::start().await;
+    let mut proxy = proxy_for(&[&upstream.url]).await;
+    let url = format!("{}/slow", proxy.url);
+    let in_flight = tokio::spawn(async move { client().get(url).header("cookie", session_cookie()).send().await.unwrap().status() });
+    // Wait until the request is inside the proxy (the upstream takes 500 ms to answer).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.trigger_stop();
+    assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request completes");
+    let task = proxy.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("server stops after draining").unwrap();
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "no longer accepting");
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n", session_cookie());
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
