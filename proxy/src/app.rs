@@ -140,10 +140,12 @@ impl App {
             started: Instant::now(),
         };
         headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
-        req.headers_mut().insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
+        req.headers_mut()
+            .insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
 
         let (mut resp, user) = self.route(req, peer, &meta).await;
-        resp.headers_mut().insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
+        resp.headers_mut()
+            .insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
         self.log_request(&meta, resp.status(), user.as_deref(), peer);
         resp
     }
@@ -156,7 +158,10 @@ impl App {
         if path == self.cfg.ready_path {
             return match self.oidc.current() {
                 Some(_) => (text(StatusCode::OK, "OK"), None),
-                None => (text(StatusCode::SERVICE_UNAVAILABLE, "identity provider discovery has not succeeded yet"), None),
+                None => (
+                    text(StatusCode::SERVICE_UNAVAILABLE, "identity provider discovery has not succeeded yet"),
+                    None,
+                ),
             };
         }
         if path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/') {
@@ -190,7 +195,10 @@ impl App {
             return (self.fail(Failure::Denied(denial), &meta.request_id), Some(session.email));
         }
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
-            return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id), Some(session.email));
+            return (
+                self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id),
+                Some(session.email),
+            );
         };
         let h = req.headers_mut();
         if let Some(cookie) = strip_proxy_cookies(h, &self.cfg.cookie.name) {
@@ -237,7 +245,13 @@ impl App {
         let rd = rd
             .or_else(|| query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)))
             .unwrap_or_else(|| "/".into());
-        let body = pages::sign_in(&self.paths.start, &rd, &self.oidc.config().display_name, self.cfg.banner.as_deref(), self.cfg.footer.as_deref());
+        let body = pages::sign_in(
+            &self.paths.start,
+            &rd,
+            &self.oidc.config().display_name,
+            self.cfg.banner.as_deref(),
+            self.cfg.footer.as_deref(),
+        );
         let mut resp = html(status, body);
         if clear_session {
             let cookies = RequestCookies::parse(req.headers());
@@ -266,7 +280,9 @@ impl App {
             (None, None)
         };
         let redirect_uri = self.redirect_uri(req.headers());
-        let url = self.oidc.authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref());
+        let url = self
+            .oidc
+            .authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref());
         let now = unix((self.clock)());
         let login = LoginState {
             state: state.clone(),
@@ -279,7 +295,10 @@ impl App {
         let name = self.csrf_cookie_name(&state);
         let writer = self.cookie_writer(req.headers());
         let mut resp = redirect(url.as_str());
-        resp.headers_mut().append(header::SET_COOKIE, writer.set_csrf(&name, &self.csrf.seal(&name, &login), self.cfg.cookie.csrf_expire.as_secs()));
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            writer.set_csrf(&name, &self.csrf.seal(&name, &login), self.cfg.cookie.csrf_expire.as_secs()),
+        );
         Ok(resp)
     }
 
@@ -319,13 +338,19 @@ impl App {
             return Err(Failure::LoginState);
         }
         if let Some(error) = query_param(query, "error") {
-            let description = query_param(query, "error_description").map(|d| format!(": {d}")).unwrap_or_default();
+            let description = query_param(query, "error_description")
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
             return Err(Failure::ProviderRedirect(format!("{error}{description}")));
         }
         let code = query_param(query, "code").ok_or(Failure::BadRequest("the callback has no code"))?;
         let discovered = self.oidc.ensure().await?;
         self.oidc.check_response_issuer(&discovered, query_param(query, "iss").as_deref())?;
-        let identity = match self.oidc.redeem(&code, &login.redirect_uri, login.pkce_verifier.as_deref(), &login.nonce).await {
+        let identity = match self
+            .oidc
+            .redeem(&code, &login.redirect_uri, login.pkce_verifier.as_deref(), &login.nonce)
+            .await
+        {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::warn!(error = %e, "login failed");
@@ -358,7 +383,9 @@ impl App {
     }
 
     fn sign_out(&self, req: &Request<Incoming>) -> Response<Body> {
-        let rd = query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)).unwrap_or_else(|| "/".into());
+        let rd = query_param(req.uri().query(), "rd")
+            .and_then(|rd| self.redirects.validate(&rd))
+            .unwrap_or_else(|| "/".into());
         let cookies = RequestCookies::parse(req.headers());
         let writer = self.cookie_writer(req.headers());
         if let Some(s) = self.load_session(req.headers()) {
@@ -368,7 +395,10 @@ impl App {
         for c in writer.clear_session(&cookies) {
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
-        for name in cookies.names().filter(|n| n.starts_with(self.cfg.cookie.name.as_str()) && n.ends_with("_csrf")) {
+        for name in cookies
+            .names()
+            .filter(|n| n.starts_with(self.cfg.cookie.name.as_str()) && n.ends_with("_csrf"))
+        {
             resp.headers_mut().append(header::SET_COOKIE, writer.clear(name));
         }
         resp
@@ -384,7 +414,8 @@ impl App {
                     "preferredUsername": s.preferred_username,
                 });
                 let mut resp = Response::new(full(body.to_string()));
-                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp
             }
             None => text(StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -404,7 +435,8 @@ impl App {
     }
 
     fn authorized_session(&self, headers: &HeaderMap) -> Option<Session> {
-        self.load_session(headers).filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok())
+        self.load_session(headers)
+            .filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok())
     }
 
     /// The session from the request's cookies. Anything wrong with it — tampered,
@@ -455,7 +487,16 @@ impl App {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %message, "request failed");
         }
-        html(status, pages::error(status.as_u16(), failure.title(), &message, request_id.to_str().unwrap_or(""), self.cfg.footer.as_deref()))
+        html(
+            status,
+            pages::error(
+                status.as_u16(),
+                failure.title(),
+                &message,
+                request_id.to_str().unwrap_or(""),
+                self.cfg.footer.as_deref(),
+            ),
+        )
     }
 
     fn auth_event(&self, event: &str, email: &str, detail: &str) {
@@ -468,7 +509,7 @@ impl App {
         let log = &self.cfg.logging;
         if !log.request
             || (log.silence_ping && (meta.path == self.cfg.ping_path || meta.path == self.cfg.ready_path))
-            || log.exclude_paths.iter().any(|p| *p == meta.path)
+            || log.exclude_paths.contains(&meta.path)
         {
             return;
         }
@@ -496,7 +537,10 @@ impl CookieWriter<'_> {
 }
 
 fn request_host(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
 }
 
 fn wants_json_only(headers: &HeaderMap) -> bool {
@@ -505,7 +549,9 @@ fn wants_json_only(headers: &HeaderMap) -> bool {
 }
 
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn random_token() -> String {
@@ -521,7 +567,8 @@ fn hex8(digest: &[u8]) -> String {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -530,8 +577,14 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
-    h.insert(HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY"));
     resp
 }
@@ -542,7 +595,9 @@ fn redirect(location: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     resp
 }
-

@@ -71,7 +71,11 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 
 /// Headers for the upstream request (oauth2-proxy's `pass_*` options).
 pub fn set_upstream_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Session) {
-    let user = if cfg.prefer_email_to_user && !s.email.is_empty() { &s.email } else { &s.user };
+    let user = if cfg.prefer_email_to_user && !s.email.is_empty() {
+        &s.email
+    } else {
+        &s.user
+    };
     if cfg.pass_basic_auth {
         let password = cfg.basic_auth_password.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
         if let Some(v) = basic(user, password) {
@@ -98,7 +102,11 @@ pub fn set_upstream_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
 
 /// Headers for the response (oauth2-proxy's `set_*` options, read by auth_request front ends).
 pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Session) {
-    let user = if cfg.prefer_email_to_user && !s.email.is_empty() { &s.email } else { &s.user };
+    let user = if cfg.prefer_email_to_user && !s.email.is_empty() {
+        &s.email
+    } else {
+        &s.user
+    };
     if cfg.set_xauthrequest {
         put(headers, "x-auth-request-user", user);
         put(headers, "x-auth-request-email", &s.email);
@@ -130,13 +138,27 @@ mod tests {
     #[test]
     fn strips_every_spelling() {
         let mut h = HeaderMap::new();
-        for name in ["x-forwarded-user", "X_Forwarded_User", "x_forwarded-EMAIL", "X-AUTH-REQUEST-GROUPS", "x_auth_request_access_token", "gap-auth", "authorization"] {
-            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        for name in [
+            "x-forwarded-user",
+            "X_Forwarded_User",
+            "x_forwarded-EMAIL",
+            "X-AUTH-REQUEST-GROUPS",
+            "x_auth_request_access_token",
+            "gap-auth",
+            "authorization",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoofed"),
+            );
         }
         h.append("x-forwarded-user", HeaderValue::from_static("second copy"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-userx", HeaderValue::from_static("not ours"));
-        let cfg = HeaderConfig { pass_basic_auth: true, ..HeaderConfig::default() };
+        let cfg = HeaderConfig {
+            pass_basic_auth: true,
+            ..HeaderConfig::default()
+        };
         strip_identity_headers(&mut h, &cfg);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
@@ -181,7 +203,11 @@ mod tests {
         set_response_headers(&mut resp, &cfg, &s);
         assert_eq!(resp["x-auth-request-user"], "u1");
         assert_eq!(resp["x-auth-request-access-token"], "at");
-        let basic_cfg = HeaderConfig { pass_basic_auth: true, prefer_email_to_user: true, ..HeaderConfig::default() };
+        let basic_cfg = HeaderConfig {
+            pass_basic_auth: true,
+            prefer_email_to_user: true,
+            ..HeaderConfig::default()
+        };
         let mut up = HeaderMap::new();
         set_upstream_headers(&mut up, &basic_cfg, &s);
         assert_eq!(up["authorization"], "Basic YUBleGFtcGxlLmNvbTo="); // a@example.com:

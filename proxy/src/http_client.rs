@@ -28,6 +28,8 @@ pub enum HttpError {
 
 pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send>>;
+
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<HttpsConnector, Full<Bytes>>,
@@ -68,7 +70,9 @@ pub fn https_connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> 
 impl HttpClient {
     pub fn new(extra_ca_files: &[PathBuf], timeout: Duration) -> Result<Self, String> {
         let connector = https_connector(tls_config(extra_ca_files)?, timeout);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
         Ok(HttpClient { client, timeout })
     }
 
@@ -77,22 +81,31 @@ impl HttpClient {
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
         let work = async {
-            let response = self.client.request(request).await.map_err(|e| HttpError::Transport { url: url.clone(), message: error_chain(&e) })?;
+            let response = self.client.request(request).await.map_err(|e| HttpError::Transport {
+                url: url.clone(),
+                message: error_chain(&e),
+            })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE).collect().await.map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     HttpError::TooLarge { url: url.clone() }
                 } else {
-                    HttpError::Transport { url: url.clone(), message: e.to_string() }
+                    HttpError::Transport {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    }
                 }
             })?;
             Ok(http::Response::from_parts(parts, body.to_bytes().to_vec()))
         };
-        tokio::time::timeout(self.timeout, work).await.map_err(|_| HttpError::Timeout { url: url.clone(), timeout: self.timeout })?
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| HttpError::Timeout {
+            url: url.clone(),
+            timeout: self.timeout,
+        })?
     }
 
     /// The shape openidconnect's request builders take.
-    pub fn as_oauth2(&self) -> impl Fn(http::Request<Vec<u8>>) -> std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send>> + Send + Sync {
+    pub fn as_oauth2(&self) -> impl Fn(http::Request<Vec<u8>>) -> ResponseFuture + Send + Sync {
         let this = Arc::new(self.clone());
         move |req| {
             let this = this.clone();
@@ -103,7 +116,12 @@ impl HttpClient {
 
 /// Query strings may carry codes or tokens; logs get the URL without them.
 fn redact_query(uri: &http::Uri) -> String {
-    let mut s = format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), uri.authority().map(|a| a.as_str()).unwrap_or(""), uri.path());
+    let mut s = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    );
     if uri.query().is_some() {
         s.push_str("?…");
     }

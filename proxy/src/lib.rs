@@ -40,7 +40,8 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Builds the proxy from a validated config and serves `listener` until `shutdown`
 /// resolves. Discovery runs in the background; the listener serves from the start.
 pub async fn run(cfg: config::Config, listener: TcpListener, clock: oidc::Clock, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let http = http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
+    let http =
+        http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http, clock.clone()));
     let app = Arc::new(app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?);
     let discovery = tokio::spawn(oidc.discover_until_ready());

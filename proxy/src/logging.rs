@@ -5,7 +5,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat, standard: bool) {
-    let default = if standard { "info" } else { "warn,sidekey::request=info,sidekey::auth=info" };
+    let default = if standard {
+        "info"
+    } else {
+        "warn,sidekey::request=info,sidekey::auth=info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {

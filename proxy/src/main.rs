@@ -4,7 +4,9 @@ use sidekey_proxy::config::{self, Config, LoadError};
 use sidekey_proxy::{logging, oidc};
 
 fn main() -> ExitCode {
-    rustls::crypto::ring::default_provider().install_default().expect("no other crypto provider is installed");
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("no other crypto provider is installed");
     let invocation = match config::load(std::env::args_os(), std::env::vars()) {
         Ok(i) => i,
         Err(LoadError::Cli(e)) => e.exit(),
@@ -15,14 +17,22 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     if invocation.config_test {
-        println!("configuration OK: provider oidc, issuer {}, {} upstream(s), listening on {}", cfg.provider.issuer_url, cfg.upstreams.len(), cfg.http_address);
+        println!(
+            "configuration OK: provider oidc, issuer {}, {} upstream(s), listening on {}",
+            cfg.provider.issuer_url,
+            cfg.upstreams.len(),
+            cfg.http_address
+        );
         return ExitCode::SUCCESS;
     }
     logging::init(cfg.logging.format, cfg.logging.standard);
     for w in &invocation.values.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(cfg.http_address).await {
             Ok(l) => l,

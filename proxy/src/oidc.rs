@@ -7,14 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
-    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl,
-    JsonWebKeySetUrl, Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError,
-    ResponseTypes, SignatureVerificationError, TokenResponse, TokenUrl,
+    AdditionalProviderMetadata, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, JsonWebKeySetUrl,
+    Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, ResponseTypes,
+    SignatureVerificationError, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -112,7 +112,13 @@ pub struct Oidc {
 
 impl Oidc {
     pub fn new(cfg: ProviderConfig, http: HttpClient, clock: Clock) -> Self {
-        Oidc { cfg, http, clock, current: RwLock::new(None), refresh: Mutex::new(()) }
+        Oidc {
+            cfg,
+            http,
+            clock,
+            current: RwLock::new(None),
+            refresh: Mutex::new(()),
+        }
     }
 
     pub fn config(&self) -> &ProviderConfig {
@@ -134,7 +140,10 @@ impl Oidc {
             return Ok(d);
         }
         let metadata = self.discover().await?;
-        let d = Arc::new(Discovered { metadata, jwks_fetched: Instant::now() });
+        let d = Arc::new(Discovered {
+            metadata,
+            jwks_fetched: Instant::now(),
+        });
         *self.current.write().expect("lock poisoned") = Some(d.clone());
         Ok(d)
     }
@@ -172,7 +181,9 @@ impl Oidc {
             unreachable!("config validation requires login_url, redeem_url and oidc_jwks_url with skip_oidc_discovery");
         };
         let jwks_url = JsonWebKeySetUrl::from_url(jwks.clone());
-        let keys = CoreJsonWebKeySet::fetch_async(&jwks_url, &client).await.map_err(|e| unavailable(&e))?;
+        let keys = CoreJsonWebKeySet::fetch_async(&jwks_url, &client)
+            .await
+            .map_err(|e| unavailable(&e))?;
         Ok(Metadata::new(
             issuer,
             AuthUrl::from_url(login.clone()),
@@ -199,7 +210,10 @@ impl Oidc {
         let client = self.http.as_oauth2();
         match CoreJsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &client).await {
             Ok(keys) => {
-                let d = Arc::new(Discovered { metadata: current.metadata.clone().set_jwks(keys), jwks_fetched: Instant::now() });
+                let d = Arc::new(Discovered {
+                    metadata: current.metadata.clone().set_jwks(keys),
+                    jwks_fetched: Instant::now(),
+                });
                 *self.current.write().expect("lock poisoned") = Some(d.clone());
                 tracing::info!("JWKS refetched after an unknown key id");
                 Some(d)
@@ -212,7 +226,14 @@ impl Oidc {
     }
 
     /// The provider URL that starts a login.
-    pub fn authorization_url(&self, d: &Discovered, redirect_uri: &str, state: &str, nonce: &str, pkce_challenge: Option<&str>) -> url::Url {
+    pub fn authorization_url(
+        &self,
+        d: &Discovered,
+        redirect_uri: &str,
+        state: &str,
+        nonce: &str,
+        pkce_challenge: Option<&str>,
+    ) -> url::Url {
         let mut url = d.metadata.authorization_endpoint().url().clone();
         {
             let mut q = url.query_pairs_mut();
@@ -223,7 +244,8 @@ impl Oidc {
                 .append_pair("state", state)
                 .append_pair("nonce", nonce);
             if let Some(challenge) = pkce_challenge {
-                q.append_pair("code_challenge", challenge).append_pair("code_challenge_method", "S256");
+                q.append_pair("code_challenge", challenge)
+                    .append_pair("code_challenge_method", "S256");
             }
             match (&self.cfg.prompt, &self.cfg.approval_prompt) {
                 (Some(p), _) => {
@@ -246,10 +268,14 @@ impl Oidc {
     pub fn check_response_issuer(&self, d: &Discovered, iss: Option<&str>) -> Result<(), OidcError> {
         let expected = d.metadata.issuer().as_str();
         match iss {
-            Some(got) if got != expected => Err(OidcError::IssuerMismatch { got: got.to_string(), expected: expected.to_string() }),
-            None if d.metadata.additional_metadata().authorization_response_iss_parameter_supported => {
-                Err(OidcError::IssuerMismatch { got: "(none)".into(), expected: expected.to_string() })
-            }
+            Some(got) if got != expected => Err(OidcError::IssuerMismatch {
+                got: got.to_string(),
+                expected: expected.to_string(),
+            }),
+            None if d.metadata.additional_metadata().authorization_response_iss_parameter_supported => Err(OidcError::IssuerMismatch {
+                got: "(none)".into(),
+                expected: expected.to_string(),
+            }),
             _ => Ok(()),
         }
     }
@@ -259,7 +285,8 @@ impl Oidc {
             config::ClientSecret::None => None,
             config::ClientSecret::Value(s) => Some(ClientSecret::new(s.expose().clone())),
             config::ClientSecret::File(path) => {
-                let s = std::fs::read_to_string(path).map_err(|e| OidcError::TokenTransport(format!("cannot read client_secret_file {}: {e}", path.display())))?;
+                let s = std::fs::read_to_string(path)
+                    .map_err(|e| OidcError::TokenTransport(format!("cannot read client_secret_file {}: {e}", path.display())))?;
                 Some(ClientSecret::new(s.trim().to_string()))
             }
         })
@@ -270,11 +297,19 @@ impl Oidc {
         let d = self.ensure().await?;
         // client_secret_basic unless the provider only offers client_secret_post.
         let methods = d.metadata.token_endpoint_auth_methods_supported();
-        let post_only = methods.is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost) && !m.contains(&CoreClientAuthMethod::ClientSecretBasic));
-        let client = CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), self.client_secret()?)
-            .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::TokenTransport(e.to_string()))?)
-            .set_auth_type(if post_only { openidconnect::AuthType::RequestBody } else { openidconnect::AuthType::BasicAuth });
-        let mut request = client.exchange_code(AuthorizationCode::new(code.to_string())).map_err(|e| OidcError::TokenTransport(e.to_string()))?;
+        let post_only = methods
+            .is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost) && !m.contains(&CoreClientAuthMethod::ClientSecretBasic));
+        let client =
+            CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), self.client_secret()?)
+                .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::TokenTransport(e.to_string()))?)
+                .set_auth_type(if post_only {
+                    openidconnect::AuthType::RequestBody
+                } else {
+                    openidconnect::AuthType::BasicAuth
+                });
+        let mut request = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::TokenTransport(e.to_string()))?;
         if let Some(v) = pkce_verifier {
             request = request.set_pkce_verifier(PkceCodeVerifier::new(v.to_string()));
         }
@@ -286,13 +321,21 @@ impl Oidc {
         let mut identity = self.identity_from_claims(&claims)?;
         identity.access_token = Some(response.access_token().secret().clone());
         identity.refresh_token = response.refresh_token().map(|t| t.secret().clone());
-        identity.tokens_expire_at = response.expires_in().map(|e| now + e.as_secs()).or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
+        identity.tokens_expire_at = response
+            .expires_in()
+            .map(|e| now + e.as_secs())
+            .or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
         identity.id_token = Some(id_token);
         Ok(identity)
     }
 
     /// Verifies an ID token and returns its claims as JSON.
-    pub async fn verify_id_token(&self, d: &Arc<Discovered>, raw: &str, nonce: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+    pub async fn verify_id_token(
+        &self,
+        d: &Arc<Discovered>,
+        raw: &str,
+        nonce: Option<&str>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
         match self.verify_with(d, raw, nonce) {
             Err(OidcError::InvalidIdToken(msg)) if msg == NO_MATCHING_KEY => match self.refetch_jwks(d).await {
                 Some(fresh) => self.verify_with(&fresh, raw, nonce),
@@ -303,7 +346,9 @@ impl Oidc {
     }
 
     fn verify_with(&self, d: &Discovered, raw: &str, nonce: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
-        let token: openidconnect::core::CoreIdToken = raw.parse().map_err(|e: serde_json::Error| OidcError::InvalidIdToken(e.to_string()))?;
+        let token: openidconnect::core::CoreIdToken = raw
+            .parse()
+            .map_err(|e: serde_json::Error| OidcError::InvalidIdToken(e.to_string()))?;
         let clock = self.clock.clone();
         let skew = chrono::Duration::from_std(CLOCK_SKEW).expect("small duration");
         let client = CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), None);
@@ -330,7 +375,9 @@ impl Oidc {
             None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())).map(|_| ()),
         };
         result.map_err(|e| match e {
-            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => OidcError::InvalidIdToken(NO_MATCHING_KEY.into()),
+            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => {
+                OidcError::InvalidIdToken(NO_MATCHING_KEY.into())
+            }
             other => OidcError::InvalidIdToken(other.to_string()),
         })?;
         let claims = decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
@@ -348,7 +395,10 @@ impl Oidc {
             _ => vec![],
         };
         if auds.is_empty() || !auds.iter().all(|a| trusted(a)) {
-            return Err(OidcError::InvalidIdToken(format!("audience {auds:?} is not {} or an oidc_extra_audiences entry", self.cfg.client_id)));
+            return Err(OidcError::InvalidIdToken(format!(
+                "audience {auds:?} is not {} or an oidc_extra_audiences entry",
+                self.cfg.client_id
+            )));
         }
         if let Some(azp) = claims.get("azp").and_then(|v| v.as_str())
             && !trusted(azp)
@@ -380,7 +430,13 @@ impl Oidc {
             Some(serde_json::Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
-        Ok(Identity { user, email, preferred_username: text("preferred_username"), groups, ..Identity::default() })
+        Ok(Identity {
+            user,
+            email,
+            preferred_username: text("preferred_username"),
+            groups,
+            ..Identity::default()
+        })
     }
 }
 
@@ -388,14 +444,18 @@ const NO_MATCHING_KEY: &str = "no key in the provider's JWKS matches the token's
 
 fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let payload = raw.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     match serde_json::from_slice(&bytes).ok()? {
         serde_json::Value::Object(m) => Some(m),
         _ => None,
     }
 }
 
-fn token_error<RE: std::error::Error + 'static>(e: RequestTokenError<RE, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>) -> OidcError {
+fn token_error<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>,
+) -> OidcError {
     match e {
         RequestTokenError::ServerResponse(r) => OidcError::TokenRefused {
             error: r.error().to_string(),

@@ -143,7 +143,12 @@ mod tests {
     use super::*;
 
     fn policy() -> RedirectPolicy {
-        RedirectPolicy::new(&[".example.com".into(), "exact.org".into(), "ports.net:8443".into(), "anyport.io:*".into()])
+        RedirectPolicy::new(&[
+            ".example.com".into(),
+            "exact.org".into(),
+            "ports.net:8443".into(),
+            "anyport.io:*".into(),
+        ])
     }
 
     #[test]
@@ -153,24 +158,62 @@ mod tests {
             assert_eq!(p.validate(ok).as_deref(), Some(ok), "{ok}");
         }
         assert_eq!(p.validate("https://example.com/x").as_deref(), Some("https://example.com/x"));
-        assert_eq!(p.validate("https://app.example.com/x").as_deref(), Some("https://app.example.com/x"));
+        assert_eq!(
+            p.validate("https://app.example.com/x").as_deref(),
+            Some("https://app.example.com/x")
+        );
         assert_eq!(p.validate("https://exact.org/").as_deref(), Some("https://exact.org/"));
         assert_eq!(p.validate("https://ports.net:8443/").as_deref(), Some("https://ports.net:8443/"));
         assert_eq!(p.validate("http://anyport.io:9999/").as_deref(), Some("http://anyport.io:9999/"));
-        assert_eq!(p.validate("HTTPS://APP.EXAMPLE.COM/x").as_deref(), Some("https://app.example.com/x"));
+        assert_eq!(
+            p.validate("HTTPS://APP.EXAMPLE.COM/x").as_deref(),
+            Some("https://app.example.com/x")
+        );
     }
 
     #[test]
     fn refuses_open_redirects() {
         let p = policy();
         let bad = [
-            "//evil.com", "///evil.com", "/\\evil.com", "\\\\evil.com", "/\t/evil.com", "/%09/evil.com", "/%2F/evil.com",
-            "/%5Cevil.com", "/%255Cevil.com", "/%2f%2fevil.com", "%2F%2Fevil.com", "/\r\nLocation: x", "/ /evil.com",
-            "https://evil.com", "https://badexample.com/", "https://example.com.evil.com/", "https:evil.com", "https:/evil.com",
-            "https:///evil.com", "https://example.com@evil.com/", "https://evil.com\\@example.com/", "https://evil.com#@example.com",
-            "javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x", "ftp://example.com/", "https://exact.org.evil/",
-            "https://sub.exact.org/", "https://ports.net/", "https://ports.net:9443/", "https://exаmple.com/", "evil.com",
-            "", "/\u{0}x", "https://xn--exmple-4nf.com/", "/./evil.com", "/../evil.com", "/%20/evil.com", "/%2e%2e/evil.com",
+            "//evil.com",
+            "///evil.com",
+            "/\\evil.com",
+            "\\\\evil.com",
+            "/\t/evil.com",
+            "/%09/evil.com",
+            "/%2F/evil.com",
+            "/%5Cevil.com",
+            "/%255Cevil.com",
+            "/%2f%2fevil.com",
+            "%2F%2Fevil.com",
+            "/\r\nLocation: x",
+            "/ /evil.com",
+            "https://evil.com",
+            "https://badexample.com/",
+            "https://example.com.evil.com/",
+            "https:evil.com",
+            "https:/evil.com",
+            "https:///evil.com",
+            "https://example.com@evil.com/",
+            "https://evil.com\\@example.com/",
+            "https://evil.com#@example.com",
+            "javascript:alert(1)",
+            "JaVaScRiPt:alert(1)",
+            "data:text/html,x",
+            "ftp://example.com/",
+            "https://exact.org.evil/",
+            "https://sub.exact.org/",
+            "https://ports.net/",
+            "https://ports.net:9443/",
+            "https://exаmple.com/",
+            "evil.com",
+            "",
+            "/\u{0}x",
+            "https://xn--exmple-4nf.com/",
+            "/./evil.com",
+            "/../evil.com",
+            "/%20/evil.com",
+            "/%2e%2e/evil.com",
         ];
         for b in bad {
             assert_eq!(p.validate(b), None, "{b:?} accepted");

@@ -62,7 +62,13 @@ impl Upstreams {
         self.routes.is_empty()
     }
 
-    pub async fn serve(&self, upstream: &Upstream, req: Request<Incoming>, peer: SocketAddr, pass_host: bool) -> Result<Response<Body>, UpstreamError> {
+    pub async fn serve(
+        &self,
+        upstream: &Upstream,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        pass_host: bool,
+    ) -> Result<Response<Body>, UpstreamError> {
         match &upstream.target {
             UpstreamTarget::Static(code) => Ok(static_response(*code)),
             UpstreamTarget::File(dir) => Ok(serve_file(dir, &upstream.path, req.uri().path()).await),
@@ -70,14 +76,26 @@ impl Upstreams {
         }
     }
 
-    async fn forward(&self, origin: &url::Url, mut req: Request<Incoming>, peer: SocketAddr, pass_host: bool) -> Result<Response<Body>, UpstreamError> {
+    async fn forward(
+        &self,
+        origin: &url::Url,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        pass_host: bool,
+    ) -> Result<Response<Body>, UpstreamError> {
         let origin_text = origin.as_str().trim_end_matches('/');
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = format!("{origin_text}{path_and_query}").parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Unreachable {
-            origin: origin_text.to_string(),
-            message: e.to_string(),
-        })?;
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let uri: Uri = format!("{origin_text}{path_and_query}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::Unreachable {
+                origin: origin_text.to_string(),
+                message: e.to_string(),
+            })?;
+        let original_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
@@ -105,8 +123,14 @@ impl Upstreams {
 
         let response = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| UpstreamError::Timeout { origin: origin_text.to_string(), timeout: self.timeout })?
-            .map_err(|e| UpstreamError::Unreachable { origin: origin_text.to_string(), message: crate::http_client::error_chain(&e) })?;
+            .map_err(|_| UpstreamError::Timeout {
+                origin: origin_text.to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| UpstreamError::Unreachable {
+                origin: origin_text.to_string(),
+                message: crate::http_client::error_chain(&e),
+            })?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -183,7 +207,8 @@ fn static_response(code: u16) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     let mut resp = Response::new(full(status.canonical_reason().unwrap_or("OK").to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -212,11 +237,15 @@ async fn serve_file(dir: &Path, prefix: &str, request_path: &str) -> Response<Bo
         *r.status_mut() = StatusCode::NOT_FOUND;
         r
     };
-    let Some(mut path) = file_path(dir, prefix, request_path) else { return not_found() };
+    let Some(mut path) = file_path(dir, prefix, request_path) else {
+        return not_found();
+    };
     if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
         path.push("index.html");
     }
-    let Ok(file) = tokio::fs::File::open(&path).await else { return not_found() };
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return not_found();
+    };
     let Ok(meta) = file.metadata().await else { return not_found() };
     if !meta.is_file() {
         return not_found();
@@ -247,4 +276,3 @@ fn content_type(path: &Path) -> &'static str {
         _ => "application/octet-stream",
     }
 }
-

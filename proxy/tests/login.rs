@@ -25,7 +25,11 @@ async fn setup_with(extra: &[&str], idp_extra: serde_json::Value) -> Env {
     let idp = Idp::start(&[callback], idp_extra);
     let upstream = Upstream::start().await;
     let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, &upstream.url, extra)).await;
-    Env { idp, proxy, _upstream: upstream }
+    Env {
+        idp,
+        proxy,
+        _upstream: upstream,
+    }
 }
 
 async fn upstream_view(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -43,17 +47,43 @@ fn header<'a>(view: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn login_passes_identity_to_the_upstream() {
-    let env = setup(&["--pass-access-token", "--pass-authorization-header", "--set-xauthrequest", "--pass-basic-auth=false"]).await;
+    let env = setup(&[
+        "--pass-access-token",
+        "--pass-authorization-header",
+        "--set-xauthrequest",
+        "--pass-basic-auth=false",
+    ])
+    .await;
     let client = browser();
     let p = &env.proxy.url;
 
     let resp = login(&client, p, "/app/page?x=1", "alice", "alice-password").await;
     assert_eq!(resp.status(), 302);
     assert_eq!(location(&resp), "/app/page?x=1", "back where the user started");
-    let set_cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-    assert!(set_cookies.iter().any(|c| c.starts_with("_oauth2_proxy=") && c.contains("HttpOnly")), "{set_cookies:?}");
-    assert!(set_cookies.iter().any(|c| c.starts_with("_oauth2_proxy_csrf=;")), "CSRF cookie cleared: {set_cookies:?}");
-    let session = set_cookies.iter().find(|c| c.starts_with("_oauth2_proxy=")).unwrap().split(';').next().unwrap().to_string();
+    let set_cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        set_cookies
+            .iter()
+            .any(|c| c.starts_with("_oauth2_proxy=") && c.contains("HttpOnly")),
+        "{set_cookies:?}"
+    );
+    assert!(
+        set_cookies.iter().any(|c| c.starts_with("_oauth2_proxy_csrf=;")),
+        "CSRF cookie cleared: {set_cookies:?}"
+    );
+    let session = set_cookies
+        .iter()
+        .find(|c| c.starts_with("_oauth2_proxy="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
 
     let view = client
         .get(format!("{p}/app/page?x=1"))
@@ -65,7 +95,11 @@ async fn login_passes_identity_to_the_upstream() {
         .await
         .unwrap();
     assert_eq!(view.status(), 200);
-    assert_eq!(view.headers()["x-auth-request-email"], "alice@example.com", "set_xauthrequest on responses");
+    assert_eq!(
+        view.headers()["x-auth-request-email"],
+        "alice@example.com",
+        "set_xauthrequest on responses"
+    );
     let view: serde_json::Value = view.json().await.unwrap();
     assert_eq!(view["uri"], "/app/page?x=1");
     assert_eq!(header(&view, "x-forwarded-user"), Some("alice@example.com"));
@@ -73,18 +107,31 @@ async fn login_passes_identity_to_the_upstream() {
     assert_eq!(header(&view, "x-forwarded-groups"), Some("admins,devs"));
     assert_eq!(header(&view, "x-forwarded-preferred-username"), Some("alice"));
     assert!(header(&view, "x-forwarded-access-token").is_some_and(|t| !t.is_empty()));
-    assert!(header(&view, "authorization").is_some_and(|t| t.starts_with("Bearer ey")), "ID token as bearer");
+    assert!(
+        header(&view, "authorization").is_some_and(|t| t.starts_with("Bearer ey")),
+        "ID token as bearer"
+    );
     assert!(view["headers"].get("x_forwarded_email").is_none(), "underscore spelling stripped");
     assert!(view["headers"].get("x-auth-request-groups").is_none());
     let cookie = header(&view, "cookie").unwrap_or("");
     assert!(cookie.contains("app_cookie=kept"), "{cookie}");
-    assert!(!cookie.contains("_oauth2_proxy"), "the proxy's cookies never reach the upstream: {cookie}");
+    assert!(
+        !cookie.contains("_oauth2_proxy"),
+        "the proxy's cookies never reach the upstream: {cookie}"
+    );
     assert_eq!(header(&view, "x-forwarded-proto"), Some("http"));
     assert_eq!(header(&view, "x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(header(&view, "x-forwarded-host"), Some(env.proxy.addr.to_string().as_str()));
     assert_eq!(header(&view, "host"), Some(env.proxy.addr.to_string().as_str()), "pass_host_header");
 
-    let info: serde_json::Value = client.get(format!("{p}/oauth2/userinfo")).send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = client
+        .get(format!("{p}/oauth2/userinfo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["email"], "alice@example.com");
     assert_eq!(info["groups"], serde_json::json!(["admins", "devs"]));
     assert_eq!(info["preferredUsername"], "alice");
@@ -98,8 +145,17 @@ async fn login_passes_identity_to_the_upstream() {
     let out = client.get(format!("{p}/oauth2/sign_out?rd=%2Fbye")).send().await.unwrap();
     assert_eq!(out.status(), 302);
     assert_eq!(location(&out), "/bye");
-    assert!(out.headers().get_all("set-cookie").iter().any(|c| c.to_str().unwrap().starts_with("_oauth2_proxy=;")));
-    assert_eq!(client.get(format!("{p}/oauth2/auth")).send().await.unwrap().status(), 401, "signed out");
+    assert!(
+        out.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("_oauth2_proxy=;"))
+    );
+    assert_eq!(
+        client.get(format!("{p}/oauth2/auth")).send().await.unwrap().status(),
+        401,
+        "signed out"
+    );
     drop(env.idp);
 }
 
@@ -108,11 +164,24 @@ async fn unauthenticated_requests() {
     let env = setup(&[]).await;
     let client = browser();
     let p = &env.proxy.url;
-    let page = client.get(format!("{p}/private?q=1")).header("accept", "text/html").send().await.unwrap();
+    let page = client
+        .get(format!("{p}/private?q=1"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 403);
     let html = page.text().await.unwrap();
-    assert!(html.contains("action=\"/oauth2/start\"") && html.contains("name=\"rd\" value=\"/private?q=1\""), "{html}");
-    let api = client.get(format!("{p}/api")).header("accept", "application/json").send().await.unwrap();
+    assert!(
+        html.contains("action=\"/oauth2/start\"") && html.contains("name=\"rd\" value=\"/private?q=1\""),
+        "{html}"
+    );
+    let api = client
+        .get(format!("{p}/api"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), 401);
     assert_eq!(client.get(format!("{p}/oauth2/auth")).send().await.unwrap().status(), 401);
     assert_eq!(client.get(format!("{p}/oauth2/userinfo")).send().await.unwrap().status(), 401);
@@ -131,13 +200,22 @@ async fn skip_provider_button_goes_straight_to_the_idp() {
     assert_eq!(resp.status(), 302);
     let auth_url = location(&resp);
     assert!(auth_url.starts_with(&env.idp.issuer), "{auth_url}");
-    for param in ["state=", "nonce=", "code_challenge=", "code_challenge_method=S256", "response_type=code"] {
+    for param in [
+        "state=",
+        "nonce=",
+        "code_challenge=",
+        "code_challenge_method=S256",
+        "response_type=code",
+    ] {
         assert!(auth_url.contains(param), "{param} in {auth_url}");
     }
     let callback = idp_login(&client, &auth_url, "alice", "alice-password").await;
     let done = client.get(callback).send().await.unwrap();
     assert_eq!(location(&done), "/deep/link");
-    assert_eq!(upstream_view(&client, &format!("{}/deep/link", env.proxy.url)).await["uri"], "/deep/link");
+    assert_eq!(
+        upstream_view(&client, &format!("{}/deep/link", env.proxy.url)).await["uri"],
+        "/deep/link"
+    );
 }
 
 #[tokio::test]
@@ -185,9 +263,26 @@ async fn state_code_and_nonce_are_checked() {
     let first = start_and_authenticate(&client, p, "/", "alice", "alice-password").await;
     assert_eq!(client.get(&first).send().await.unwrap().status(), 302);
     let resp = client.get(format!("{p}/oauth2/start")).send().await.unwrap();
-    let fresh_state = url::Url::parse(&location(&resp)).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let old_code = url::Url::parse(&first).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
-    let replay = format!("{p}/oauth2/callback?code={}&state={}&iss={}", urlencode(&old_code), fresh_state, urlencode(&env.idp.issuer));
+    let fresh_state = url::Url::parse(&location(&resp))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let old_code = url::Url::parse(&first)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let replay = format!(
+        "{p}/oauth2/callback?code={}&state={}&iss={}",
+        urlencode(&old_code),
+        fresh_state,
+        urlencode(&env.idp.issuer)
+    );
     let resp = client.get(&replay).send().await.unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("invalid_grant"));
@@ -207,13 +302,30 @@ async fn state_code_and_nonce_are_checked() {
         expires_at: u64::MAX / 2,
     };
     let sealed = Sealer::new(&secret, Purpose::Csrf).seal("_oauth2_proxy_csrf", &forged);
-    let resp = browser().get(&callback).header("cookie", format!("_oauth2_proxy_csrf={sealed}")).send().await.unwrap();
+    let resp = browser()
+        .get(&callback)
+        .header("cookie", format!("_oauth2_proxy_csrf={sealed}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
 
     // Error from the provider.
     let resp = client.get(format!("{p}/oauth2/start")).send().await.unwrap();
-    let state = url::Url::parse(&location(&resp)).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let resp = client.get(format!("{p}/oauth2/callback?error=access_denied&error_description=user+said+no&state={state}")).send().await.unwrap();
+    let state = url::Url::parse(&location(&resp))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let resp = client
+        .get(format!(
+            "{p}/oauth2/callback?error=access_denied&error_description=user+said+no&state={state}"
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("user said no"));
 }
@@ -261,12 +373,28 @@ async fn tampered_truncated_and_expired_cookies_are_no_session() {
     let client = browser();
     let p = &env.proxy.url;
     let resp = login(&client, p, "/", "alice", "alice-password").await;
-    let cookie = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("_oauth2_proxy=")).unwrap().to_string();
+    let cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("_oauth2_proxy="))
+        .unwrap()
+        .to_string();
     let value = cookie.split(';').next().unwrap().trim_start_matches("_oauth2_proxy=").to_string();
     let with = |v: &str| {
         let v = v.to_string();
         let p = p.clone();
-        async move { browser().get(format!("{p}/")).header("cookie", format!("_oauth2_proxy={v}")).header("accept", "application/json").send().await.unwrap().status() }
+        async move {
+            browser()
+                .get(format!("{p}/"))
+                .header("cookie", format!("_oauth2_proxy={v}"))
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
     assert_eq!(with(&value).await, 200, "the genuine cookie works");
     let mut flipped = value.clone().into_bytes();
@@ -286,14 +414,31 @@ async fn open_redirects_are_refused() {
     let env = setup(&["--whitelist-domain=.example.com"]).await;
     let p = &env.proxy.url;
     let client = browser();
-    for bad in ["//evil.com", "/\\evil.com", "https://evil.com", "https://badexample.com", "/%09/evil.com", "https:evil.com", "javascript:alert(1)", "https://example.com@evil.com"] {
-        let out = client.get(format!("{p}/oauth2/sign_out?rd={}", urlencode(bad))).send().await.unwrap();
+    for bad in [
+        "//evil.com",
+        "/\\evil.com",
+        "https://evil.com",
+        "https://badexample.com",
+        "/%09/evil.com",
+        "https:evil.com",
+        "javascript:alert(1)",
+        "https://example.com@evil.com",
+    ] {
+        let out = client
+            .get(format!("{p}/oauth2/sign_out?rd={}", urlencode(bad)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(location(&out), "/", "sign_out rd {bad:?}");
         let callback = start_and_authenticate(&client, p, bad, "alice", "alice-password").await;
         let done = client.get(callback).send().await.unwrap();
         assert_eq!(location(&done), "/", "start rd {bad:?}");
     }
-    let out = client.get(format!("{p}/oauth2/sign_out?rd={}", urlencode("https://app.example.com/x"))).send().await.unwrap();
+    let out = client
+        .get(format!("{p}/oauth2/sign_out?rd={}", urlencode("https://app.example.com/x")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(location(&out), "https://app.example.com/x");
 }
 
@@ -304,14 +449,25 @@ async fn large_sessions_are_split_into_chunks() {
     let env = setup_with(&["--pass-access-token"], serde_json::json!({ "users": users })).await;
     let client = browser();
     let resp = login(&client, &env.proxy.url, "/", "alice", "pw").await;
-    let names: Vec<String> = resp.headers().get_all("set-cookie").iter().map(|c| c.to_str().unwrap().split('=').next().unwrap().to_string()).collect();
-    assert!(names.contains(&"_oauth2_proxy_0".to_string()) && names.contains(&"_oauth2_proxy_1".to_string()), "{names:?}");
+    let names: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split('=').next().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"_oauth2_proxy_0".to_string()) && names.contains(&"_oauth2_proxy_1".to_string()),
+        "{names:?}"
+    );
     for c in resp.headers().get_all("set-cookie") {
         assert!(c.len() < 4096, "each cookie fits a browser's limit");
     }
     let view = upstream_view(&client, &format!("{}/x", env.proxy.url)).await;
     assert_eq!(header(&view, "x-forwarded-groups").unwrap().split(',').count(), 300);
-    assert!(!header(&view, "cookie").unwrap_or("").contains("_oauth2_proxy"), "no proxy chunks upstream");
+    assert!(
+        !header(&view, "cookie").unwrap_or("").contains("_oauth2_proxy"),
+        "no proxy chunks upstream"
+    );
 }
 
 #[tokio::test]
@@ -319,7 +475,14 @@ async fn minimal_sessions_hold_no_tokens() {
     let env = setup(&["--session-cookie-minimal"]).await;
     let client = browser();
     let resp = login(&client, &env.proxy.url, "/", "alice", "alice-password").await;
-    let cookie = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("_oauth2_proxy=")).unwrap().len();
+    let cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("_oauth2_proxy="))
+        .unwrap()
+        .len();
     assert!(cookie < 400, "minimal cookie is small: {cookie}");
     let view = upstream_view(&client, &format!("{}/", env.proxy.url)).await;
     assert_eq!(header(&view, "x-forwarded-email"), Some("alice@example.com"));

@@ -19,7 +19,10 @@ fn dead_issuer() -> String {
 
 fn session_cookie() -> String {
     let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let s = Session {
         user: "alice@example.com".into(),
         email: "alice@example.com".into(),
@@ -42,7 +45,10 @@ async fn proxy_for(upstreams: &[&str]) -> Proxy {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -50,7 +56,13 @@ async fn streams_large_bodies_both_ways() {
     let upstream = Upstream::start().await;
     let proxy = proxy_for(&[&upstream.url]).await;
     let body = vec![b'x'; 16 * 1024 * 1024];
-    let resp = client().post(format!("{}/upload", proxy.url)).header("cookie", session_cookie()).body(body).send().await.unwrap();
+    let resp = client()
+        .post(format!("{}/upload", proxy.url))
+        .header("cookie", session_cookie())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let view: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(view["body_len"], 16 * 1024 * 1024);
@@ -78,7 +90,10 @@ async fn websocket_upgrades_are_tunnelled() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping through the tunnel").await.unwrap();
     let mut echoed = [0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
 }
 
@@ -102,7 +117,12 @@ async fn upstream_down_gives_a_quick_502() {
     let dead = dead_issuer();
     let proxy = proxy_for(&[&format!("{dead}/")]).await;
     let started = Instant::now();
-    let resp = client().get(format!("{}/", proxy.url)).header("cookie", session_cookie()).send().await.unwrap();
+    let resp = client()
+        .get(format!("{}/", proxy.url))
+        .header("cookie", session_cookie())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
     assert!(resp.text().await.unwrap().contains("not responding"));
@@ -120,7 +140,12 @@ async fn slow_upstream_times_out_with_504() {
         }
     });
     let proxy = proxy_for(&[&format!("http://{addr}/")]).await;
-    let resp = client().get(format!("{}/", proxy.url)).header("cookie", session_cookie()).send().await.unwrap();
+    let resp = client()
+        .get(format!("{}/", proxy.url))
+        .header("cookie", session_cookie())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 504);
 }
 
@@ -143,7 +168,11 @@ async fn routes_by_longest_prefix_to_http_static_and_file_upstreams() {
     assert_eq!(r.text().await.unwrap(), "hello from a file");
     assert_eq!(get("/static/").await.unwrap().text().await.unwrap(), "<p>index</p>");
     // Dot segments, sent raw (HTTP clients resolve `..` and `%2e%2e` away before sending).
-    for path in ["/static/../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/..%2f..%2fetc/passwd"] {
+    for path in [
+        "/static/../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2f..%2fetc/passwd",
+    ] {
         assert!(raw_get(proxy.addr, path).await.starts_with("HTTP/1.1 404"), "{path}");
     }
     assert_eq!(get("/apix").await.unwrap().status(), 202, "/api does not match /apix");
@@ -161,13 +190,19 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     proxy.trigger_stop();
     assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request completes");
     let task = proxy.task.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("server stops after draining").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("server stops after draining")
+        .unwrap();
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "no longer accepting");
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n", session_cookie());
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+        session_cookie()
+    );
     s.write_all(raw.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();

@@ -219,15 +219,19 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 fn read_toml_file(path: &std::path::Path) -> Result<Values, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_toml(&text, &path.display().to_string())
 }
 
 /// Parses an oauth2-proxy TOML config. Unknown keys are errors that name the closest key.
 pub fn parse_toml(text: &str, origin: &str) -> Result<Values, ConfigError> {
-    let table: toml::Table = toml::from_str(text)
-        .map_err(|e| ConfigError::Toml { origin: origin.to_string(), message: e.to_string() })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })?;
     let mut values = Values::default();
     for (key, item) in table {
         let opt = options::by_key(&key)

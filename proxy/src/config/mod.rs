@@ -28,7 +28,10 @@ pub enum ConfigError {
 }
 
 fn invalid(option: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { option: option.to_string(), message: message.into() }
+    ConfigError::Invalid {
+        option: option.to_string(),
+        message: message.into(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,13 +182,22 @@ impl Config {
             None => None,
             Some(raw) => {
                 let url = Url::parse(&raw).map_err(|e| {
-                    invalid("redirect_url", format!("`{raw}` is not an absolute URL ({e}); use https://<host>{proxy_prefix}/callback"))
+                    invalid(
+                        "redirect_url",
+                        format!("`{raw}` is not an absolute URL ({e}); use https://<host>{proxy_prefix}/callback"),
+                    )
                 })?;
                 if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                    return Err(invalid("redirect_url", format!("`{raw}` must be an http(s) URL such as https://<host>{proxy_prefix}/callback")));
+                    return Err(invalid(
+                        "redirect_url",
+                        format!("`{raw}` must be an http(s) URL such as https://<host>{proxy_prefix}/callback"),
+                    ));
                 }
                 if url.path() != format!("{proxy_prefix}/callback") {
-                    return Err(invalid("redirect_url", format!("the path of `{raw}` must be {proxy_prefix}/callback, where sidekey-proxy receives the login response")));
+                    return Err(invalid(
+                        "redirect_url",
+                        format!("the path of `{raw}` must be {proxy_prefix}/callback, where sidekey-proxy receives the login response"),
+                    ));
                 }
                 Some(url)
             }
@@ -206,7 +218,12 @@ impl Config {
             format: match v.str("logging_format").as_str() {
                 "text" | "" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                other => return Err(invalid("logging_format", format!("`{other}` is not a log format; use text or json"))),
+                other => {
+                    return Err(invalid(
+                        "logging_format",
+                        format!("`{other}` is not a log format; use text or json"),
+                    ));
+                }
             },
             standard: v.bool("standard_logging"),
             request: v.bool("request_logging"),
@@ -276,7 +293,10 @@ fn check_secure_url(key: &str, url: &Url) -> Result<(), ConfigError> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_host(url) => Ok(()),
-        "http" => Err(invalid(key, format!("`{url}` uses plain http; use https (http is allowed only for loopback addresses)"))),
+        "http" => Err(invalid(
+            key,
+            format!("`{url}` uses plain http; use https (http is allowed only for loopback addresses)"),
+        )),
         other => Err(invalid(key, format!("`{url}` has scheme {other}; use https"))),
     }
 }
@@ -300,15 +320,31 @@ fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
             ));
         }
         "entra-id" | "azure" => {
-            return Err(invalid("provider", "entra-id is planned and not available in this version; use provider = \"oidc\" with oidc_issuer_url = \"https://login.microsoftonline.com/<tenant>/v2.0\""));
+            return Err(invalid(
+                "provider",
+                "entra-id is planned and not available in this version; use provider = \"oidc\" with oidc_issuer_url = \"https://login.microsoftonline.com/<tenant>/v2.0\"",
+            ));
         }
         other => {
-            return Err(invalid("provider", format!("`{other}` is not supported; use provider = \"oidc\" with your provider's issuer URL")));
+            return Err(invalid(
+                "provider",
+                format!("`{other}` is not supported; use provider = \"oidc\" with your provider's issuer URL"),
+            ));
         }
     }
-    let client_id = v.opt_str("client_id").ok_or_else(|| invalid("client_id", "is required: set the OAuth client (application) id registered at the provider"))?;
+    let client_id = v.opt_str("client_id").ok_or_else(|| {
+        invalid(
+            "client_id",
+            "is required: set the OAuth client (application) id registered at the provider",
+        )
+    })?;
     let client_secret = match (v.opt_str("client_secret"), v.opt_str("client_secret_file")) {
-        (Some(_), Some(_)) => return Err(invalid("client_secret_file", "set either client_secret or client_secret_file, not both")),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "client_secret_file",
+                "set either client_secret or client_secret_file, not both",
+            ));
+        }
         (Some(s), None) => ClientSecret::Value(Secret::new(s)),
         (None, Some(f)) => {
             let path = PathBuf::from(f);
@@ -330,9 +366,13 @@ fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
     };
     let skip_discovery = v.bool("skip_oidc_discovery");
     let issuer_raw = v.opt_str("oidc_issuer_url").ok_or_else(|| {
-        invalid("oidc_issuer_url", "is required for provider oidc, e.g. https://login.microsoftonline.com/<tenant>/v2.0")
+        invalid(
+            "oidc_issuer_url",
+            "is required for provider oidc, e.g. https://login.microsoftonline.com/<tenant>/v2.0",
+        )
     })?;
-    let issuer_url = Url::parse(&issuer_raw).map_err(|e| invalid("oidc_issuer_url", format!("`{issuer_raw}` is not an absolute URL: {e}")))?;
+    let issuer_url =
+        Url::parse(&issuer_raw).map_err(|e| invalid("oidc_issuer_url", format!("`{issuer_raw}` is not an absolute URL: {e}")))?;
     check_secure_url("oidc_issuer_url", &issuer_url)?;
     let (login_url, redeem_url, jwks_url) = (url_opt(v, "login_url")?, url_opt(v, "redeem_url")?, url_opt(v, "oidc_jwks_url")?);
     if skip_discovery {
@@ -344,7 +384,10 @@ fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
     }
     let scope = v.str("scope");
     if !scope.split_whitespace().any(|s| s == "openid") {
-        return Err(invalid("scope", format!("`{scope}` must include openid, e.g. \"openid email profile\"")));
+        return Err(invalid(
+            "scope",
+            format!("`{scope}` must include openid, e.g. \"openid email profile\""),
+        ));
     }
     let mut ca_files = Vec::new();
     for f in v.list("provider_ca_files") {
@@ -381,8 +424,14 @@ fn pkce_enabled(v: &Values) -> Result<bool, ConfigError> {
     match v.str("code_challenge_method").as_str() {
         "S256" => Ok(true),
         "" | "none" => Ok(false),
-        "plain" => Err(invalid("code_challenge_method", "plain gives no protection if the code leaks; use S256 (the default)")),
-        other => Err(invalid("code_challenge_method", format!("`{other}` is not a PKCE method; use S256, or none to disable PKCE"))),
+        "plain" => Err(invalid(
+            "code_challenge_method",
+            "plain gives no protection if the code leaks; use S256 (the default)",
+        )),
+        other => Err(invalid(
+            "code_challenge_method",
+            format!("`{other}` is not a PKCE method; use S256, or none to disable PKCE"),
+        )),
     }
 }
 
@@ -390,29 +439,53 @@ const SECRET_HINT: &str = "generate one with: openssl rand -base64 32 | tr -- '+
 
 fn cookie_config(v: &Values) -> Result<CookieConfig, ConfigError> {
     let (option, raw) = match (v.opt_str("cookie_secret"), v.opt_str("cookie_secret_file")) {
-        (Some(_), Some(_)) => return Err(invalid("cookie_secret_file", "set either cookie_secret or cookie_secret_file, not both")),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "cookie_secret_file",
+                "set either cookie_secret or cookie_secret_file, not both",
+            ));
+        }
         (Some(s), None) => ("cookie_secret", s),
         (None, Some(f)) => (
             "cookie_secret_file",
-            std::fs::read_to_string(&f).map_err(|e| invalid("cookie_secret_file", format!("cannot read {f}: {e}")))?.trim().to_string(),
+            std::fs::read_to_string(&f)
+                .map_err(|e| invalid("cookie_secret_file", format!("cannot read {f}: {e}")))?
+                .trim()
+                .to_string(),
         ),
-        (None, None) => return Err(invalid("cookie_secret", format!("is required (16, 24 or 32 bytes, raw or base64); {SECRET_HINT}"))),
+        (None, None) => {
+            return Err(invalid(
+                "cookie_secret",
+                format!("is required (16, 24 or 32 bytes, raw or base64); {SECRET_HINT}"),
+            ));
+        }
     };
     let secret = parse_cookie_secret(&raw).map_err(|m| invalid(option, m))?;
     let name = v.str("cookie_name");
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
-        return Err(invalid("cookie_name", format!("`{name}` is not a valid cookie name; use letters, digits, _ - or .")));
+        return Err(invalid(
+            "cookie_name",
+            format!("`{name}` is not a valid cookie name; use letters, digits, _ - or ."),
+        ));
     }
     let samesite = match v.str("cookie_samesite").to_ascii_lowercase().as_str() {
         "" => SameSite::Unset,
         "lax" => SameSite::Lax,
         "strict" => SameSite::Strict,
         "none" => SameSite::None,
-        other => return Err(invalid("cookie_samesite", format!("`{other}` must be one of lax, strict, none, or empty"))),
+        other => {
+            return Err(invalid(
+                "cookie_samesite",
+                format!("`{other}` must be one of lax, strict, none, or empty"),
+            ));
+        }
     };
     let expire = duration_opt(v, "cookie_expire")?;
     if expire.is_zero() {
-        return Err(invalid("cookie_expire", "must be longer than 0s; sessions always expire (e.g. 168h)"));
+        return Err(invalid(
+            "cookie_expire",
+            "must be longer than 0s; sessions always expire (e.g. 168h)",
+        ));
     }
     let csrf_expire = duration_opt(v, "cookie_csrf_expire")?;
     if csrf_expire.is_zero() {
@@ -475,7 +548,8 @@ pub fn parse_listen_address(raw: &str) -> Result<SocketAddr, String> {
         let port: u16 = port.parse().map_err(|_| format!("`{raw}` has no valid port"))?;
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    addr.parse().map_err(|_| format!("`{raw}` is not an address; use <ip>:<port> such as 0.0.0.0:4180 or 127.0.0.1:4180"))
+    addr.parse()
+        .map_err(|_| format!("`{raw}` is not an address; use <ip>:<port> such as 0.0.0.0:4180 or 127.0.0.1:4180"))
 }
 
 fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
@@ -483,11 +557,17 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
     for item in raw {
         let bad = |m: String| invalid("upstreams", format!("`{item}`: {m}"));
         let upstream = if let Some(code) = item.strip_prefix("static://") {
-            let code: u16 = code.trim_end_matches('/').parse().map_err(|_| bad("static:// needs a status code, e.g. static://202".into()))?;
+            let code: u16 = code
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| bad("static:// needs a status code, e.g. static://202".into()))?;
             if !(200..=599).contains(&code) {
                 return Err(bad("status must be between 200 and 599".into()));
             }
-            Upstream { path: "/".into(), target: UpstreamTarget::Static(code) }
+            Upstream {
+                path: "/".into(),
+                target: UpstreamTarget::Static(code),
+            }
         } else if let Some(rest) = item.strip_prefix("file://") {
             let (dir, path) = rest.split_once('#').unwrap_or((rest, "/"));
             if !dir.starts_with('/') {
@@ -496,9 +576,13 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
             if !path.starts_with('/') {
                 return Err(bad("the part after # must be a path such as /static/".into()));
             }
-            Upstream { path: path.into(), target: UpstreamTarget::File(PathBuf::from(dir)) }
+            Upstream {
+                path: path.into(),
+                target: UpstreamTarget::File(PathBuf::from(dir)),
+            }
         } else {
-            let url = Url::parse(item).map_err(|e| bad(format!("not a URL ({e}); use http://host:port/, static://202 or file:///dir#/path")))?;
+            let url =
+                Url::parse(item).map_err(|e| bad(format!("not a URL ({e}); use http://host:port/, static://202 or file:///dir#/path")))?;
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(bad("use http:// or https:// with a host".into()));
             }
@@ -508,7 +592,10 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
             let path = url.path().to_string();
             let mut origin = url.clone();
             origin.set_path("");
-            Upstream { path, target: UpstreamTarget::Http(origin) }
+            Upstream {
+                path,
+                target: UpstreamTarget::Http(origin),
+            }
         };
         if out.iter().any(|u| u.path == upstream.path) {
             return Err(bad(format!("another upstream already serves the path {}", upstream.path)));
@@ -516,7 +603,7 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
         out.push(upstream);
     }
     // Longest prefix first: routing takes the first match.
-    out.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    out.sort_by_key(|u| std::cmp::Reverse(u.path.len()));
     Ok(out)
 }
 

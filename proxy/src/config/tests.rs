@@ -111,10 +111,21 @@ fn precedence_is_flag_then_env_then_file() {
         format!("provider = \"oidc\"\noidc_issuer_url = \"https://file.example.com\"\nclient_id = \"file\"\nclient_secret = \"x\"\ncookie_secret = \"{SECRET_44}\"\nemail_domains = [\"file.com\"]\nupstreams = [\"http://file:1/\"]\ncookie_name = \"from_file\"\n"),
     )
     .unwrap();
-    let args = ["sidekey-proxy", "--config", file.to_str().unwrap(), "--client-id=flag", "--upstream=http://flag:1/", "--upstream=http://flag:2/api"];
+    let args = [
+        "sidekey-proxy",
+        "--config",
+        file.to_str().unwrap(),
+        "--client-id=flag",
+        "--upstream=http://flag:1/",
+        "--upstream=http://flag:2/api",
+    ];
     let cfg = build(
         &args,
-        &[("OAUTH2_PROXY_CLIENT_ID", "env"), ("OAUTH2_PROXY_EMAIL_DOMAINS", "env.com,env.org"), ("OAUTH2_PROXY_COOKIE_NAME", "from_env")],
+        &[
+            ("OAUTH2_PROXY_CLIENT_ID", "env"),
+            ("OAUTH2_PROXY_EMAIL_DOMAINS", "env.com,env.org"),
+            ("OAUTH2_PROXY_COOKIE_NAME", "from_env"),
+        ],
     )
     .unwrap();
     assert_eq!(cfg.provider.client_id, "flag");
@@ -130,9 +141,17 @@ fn precedence_is_flag_then_env_then_file() {
 #[test]
 fn unknown_env_vars_only_warn() {
     // Kubernetes injects these for a Service named oauth2-proxy.
-    let inv = load(base_args(), env(&[("OAUTH2_PROXY_SERVICE_HOST", "10.0.0.1"), ("OAUTH2_PROXY_UPSTREAM", "x")])).unwrap();
+    let inv = load(
+        base_args(),
+        env(&[("OAUTH2_PROXY_SERVICE_HOST", "10.0.0.1"), ("OAUTH2_PROXY_UPSTREAM", "x")]),
+    )
+    .unwrap();
     assert_eq!(inv.values.warnings.len(), 2);
-    assert!(inv.values.warnings[1].contains("OAUTH2_PROXY_UPSTREAMS"), "{:?}", inv.values.warnings);
+    assert!(
+        inv.values.warnings[1].contains("OAUTH2_PROXY_UPSTREAMS"),
+        "{:?}",
+        inv.values.warnings
+    );
 }
 
 #[test]
@@ -149,10 +168,17 @@ fn bool_flags_follow_go_syntax() {
 #[test]
 fn cookie_secrets() {
     assert_eq!(parse_cookie_secret(SECRET_44).unwrap().len(), 32);
-    assert_eq!(parse_cookie_secret("kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E").unwrap().len(), 32);
+    assert_eq!(
+        parse_cookie_secret("kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E").unwrap().len(),
+        32
+    );
     assert_eq!(parse_cookie_secret("0123456789abcdef").unwrap(), b"0123456789abcdef");
     assert_eq!(parse_cookie_secret("0123456789abcdef01234567").unwrap().len(), 24);
-    assert_eq!(parse_cookie_secret(&"a".repeat(32)).unwrap().len(), 24, "oauth2-proxy's rule: base64 that decodes to 24 bytes wins");
+    assert_eq!(
+        parse_cookie_secret(&"a".repeat(32)).unwrap().len(),
+        24,
+        "oauth2-proxy's rule: base64 that decodes to 24 bytes wins"
+    );
     let err = parse_cookie_secret("too-short").unwrap_err();
     assert!(err.contains("openssl rand -base64 32"), "{err}");
     let mut args = base_args();
@@ -165,7 +191,10 @@ fn cookie_secrets() {
 fn missing_and_bad_settings_name_the_option_and_fix() {
     let cases: &[(&[&str], &str)] = &[
         (&["--provider=github"], "option `provider`"),
-        (&["--oidc-issuer-url=http://idp.example.com"], "option `oidc_issuer_url`: `http://idp.example.com/` uses plain http"),
+        (
+            &["--oidc-issuer-url=http://idp.example.com"],
+            "option `oidc_issuer_url`: `http://idp.example.com/` uses plain http",
+        ),
         (&["--oidc-issuer-url=not a url"], "option `oidc_issuer_url`"),
         (&["--cookie-expire=7d"], "option `cookie_expire`: `7d` is not a duration"),
         (&["--cookie-samesite=sometimes"], "option `cookie_samesite`"),
@@ -174,9 +203,15 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (&["--redirect-url=https://app.example.com/callback"], "must be /oauth2/callback"),
         (&["--http-address=nonsense"], "option `http_address`"),
         (&["--code-challenge-method=plain"], "option `code_challenge_method`"),
-        (&["--skip-oidc-discovery"], "option `login_url`: is required with skip_oidc_discovery"),
+        (
+            &["--skip-oidc-discovery"],
+            "option `login_url`: is required with skip_oidc_discovery",
+        ),
         (&["--scope=email"], "must include openid"),
-        (&["--skip-auth-route=GET=^/public"], "option `skip_auth_routes`: set in the command line, but sidekey-proxy does not support it yet"),
+        (
+            &["--skip-auth-route=GET=^/public"],
+            "option `skip_auth_routes`: set in the command line, but sidekey-proxy does not support it yet",
+        ),
         (&["--trusted-ip=10.0.0.0/8"], "spoofable"),
         (&["--proxy-prefix=/oauth2/"], "option `proxy_prefix`"),
     ];
@@ -200,7 +235,11 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
 #[test]
 fn planned_options_at_their_default_are_accepted() {
     let mut args = base_args();
-    args.extend(["--session-store-type=cookie", "--reverse-proxy=false", "--skip-auth-strip-headers=true"]);
+    args.extend([
+        "--session-store-type=cookie",
+        "--reverse-proxy=false",
+        "--skip-auth-strip-headers=true",
+    ]);
     assert!(build(&args, &[]).is_ok());
     let mut args = base_args();
     args.push("--skip-auth-strip-headers=false");
@@ -222,11 +261,19 @@ fn loopback_http_issuer_and_addresses() {
 #[test]
 fn upstream_forms() {
     let mut args = base_args();
-    args.extend(["--upstream=http://a:1/", "--upstream=static://202", "--upstream=file:///srv/www#/static/"]);
+    args.extend([
+        "--upstream=http://a:1/",
+        "--upstream=static://202",
+        "--upstream=file:///srv/www#/static/",
+    ]);
     let err = build(&args, &[]).unwrap_err();
     assert!(err.contains("already serves the path /"), "{err}");
     let mut args = base_args();
-    args.extend(["--upstream=http://a:1/app", "--upstream=static://202", "--upstream=file:///srv/www#/static/"]);
+    args.extend([
+        "--upstream=http://a:1/app",
+        "--upstream=static://202",
+        "--upstream=file:///srv/www#/static/",
+    ]);
     let cfg = build(&args, &[]).unwrap();
     let kinds: Vec<_> = cfg.upstreams.iter().map(|u| (u.path.as_str(), &u.target)).collect();
     assert_eq!(kinds[0], ("/static/", &UpstreamTarget::File("/srv/www".into())));
@@ -259,8 +306,16 @@ fn every_option_is_unique_and_well_formed() {
     for o in options::OPTIONS {
         assert!(keys.insert(o.key), "duplicate key {}", o.key);
         assert!(flags.insert(o.flag), "duplicate flag {}", o.flag);
-        assert!(o.key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()), "{}", o.key);
-        assert!(o.flag.bytes().all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit()), "{}", o.flag);
+        assert!(
+            o.key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+            "{}",
+            o.key
+        );
+        assert!(
+            o.flag.bytes().all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit()),
+            "{}",
+            o.flag
+        );
     }
     assert!(options::OPTIONS.len() > 150, "the table covers oauth2-proxy's options");
 }

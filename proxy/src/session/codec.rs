@@ -53,7 +53,9 @@ impl Sealer {
         let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"sidekey cookie key"), cookie_secret);
         let mut key = [0u8; 32];
         hk.expand(info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
-        Sealer { cipher: Aes256Gcm::new(&key.into()) }
+        Sealer {
+            cipher: Aes256Gcm::new(&key.into()),
+        }
     }
 
     pub fn seal<T: Serialize>(&self, name: &str, value: &T) -> String {
@@ -64,7 +66,13 @@ impl Sealer {
         let aad = associated_data(name);
         let ciphertext = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &compressed, aad: &aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &compressed,
+                    aad: &aad,
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
         out.push(VERSION);
@@ -86,9 +94,17 @@ impl Sealer {
         let aad = associated_data(name);
         let compressed = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CodecError::Authentication)?;
-        let size = compressed.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        let size = compressed
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
         if size.is_none_or(|s| s > MAX_PLAINTEXT) {
             return Err(CodecError::Payload);
         }
@@ -149,7 +165,10 @@ mod tests {
             for bit in 0..8 {
                 let mut t = raw.clone();
                 t[i] ^= 1 << bit;
-                assert!(s.open::<Session>("n", &URL_SAFE_NO_PAD.encode(&t)).is_err(), "flip at {i}:{bit} accepted");
+                assert!(
+                    s.open::<Session>("n", &URL_SAFE_NO_PAD.encode(&t)).is_err(),
+                    "flip at {i}:{bit} accepted"
+                );
             }
         }
     }
@@ -162,9 +181,15 @@ mod tests {
         for cut in [0, 1, 5, 20, sealed.len() / 2, sealed.len() - 1] {
             assert!(s.open::<Session>("n", &sealed[..cut]).is_err(), "truncated to {cut} accepted");
         }
-        assert_eq!(Sealer::new(b"another secret, 32 bytes long!!!", Purpose::Session).open::<Session>("n", &sealed), Err(CodecError::Authentication));
+        assert_eq!(
+            Sealer::new(b"another secret, 32 bytes long!!!", Purpose::Session).open::<Session>("n", &sealed),
+            Err(CodecError::Authentication)
+        );
         assert_eq!(s.open::<Session>("other", &sealed), Err(CodecError::Authentication));
-        assert_eq!(Sealer::new(secret, Purpose::Csrf).open::<Session>("n", &sealed), Err(CodecError::Authentication));
+        assert_eq!(
+            Sealer::new(secret, Purpose::Csrf).open::<Session>("n", &sealed),
+            Err(CodecError::Authentication)
+        );
         assert_eq!(s.open::<Session>("n", "not base64!"), Err(CodecError::Encoding));
         assert_eq!(s.open::<Session>("n", ""), Err(CodecError::Truncated));
     }

@@ -60,9 +60,13 @@ pub fn chunk_name(name: &str, i: usize) -> String {
 
 /// True for the session cookie, its chunks, and CSRF cookies: never sent upstream.
 pub fn is_proxy_cookie(cookie_name: &str, candidate: &str) -> bool {
-    let Some(rest) = candidate.strip_prefix(cookie_name) else { return false };
+    let Some(rest) = candidate.strip_prefix(cookie_name) else {
+        return false;
+    };
     rest.is_empty()
-        || rest.strip_prefix('_').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        || rest
+            .strip_prefix('_')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         || rest.ends_with("_csrf")
 }
 
@@ -78,7 +82,11 @@ pub fn strip_proxy_cookies(headers: &HeaderMap, cookie_name: &str) -> Option<Opt
         .filter(|(n, _)| !is_proxy_cookie(cookie_name, n))
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
-    Some(if kept.is_empty() { None } else { HeaderValue::from_str(&kept.join("; ")).ok() })
+    Some(if kept.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&kept.join("; ")).ok()
+    })
 }
 
 /// Cookie attributes for one response, with the domain chosen for the request's host.
@@ -89,7 +97,10 @@ pub struct CookieWriter<'c> {
 
 impl<'c> CookieWriter<'c> {
     pub fn new(cfg: &'c CookieConfig, request_host: &str) -> Self {
-        CookieWriter { cfg, domain: cookie_domain(&cfg.domains, request_host) }
+        CookieWriter {
+            cfg,
+            domain: cookie_domain(&cfg.domains, request_host),
+        }
     }
 
     fn build(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
@@ -138,7 +149,7 @@ impl<'c> CookieWriter<'c> {
         let room = MAX_COOKIE_PAIR.saturating_sub(name.len() + 4);
         let mut out = Vec::new();
         let mut written: Vec<String> = Vec::new();
-        if value.len() + name.len() + 1 <= MAX_COOKIE_PAIR {
+        if value.len() + name.len() < MAX_COOKIE_PAIR {
             out.push(self.set(name, value, max_age_secs));
             written.push(name.clone());
         } else {
@@ -182,7 +193,10 @@ pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host)
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(host)
 }
 
 #[cfg(test)]
@@ -231,7 +245,12 @@ mod tests {
         let out = w.set_session(&RequestCookies::parse(&h), "small", 60);
         let text: Vec<_> = out.iter().map(|v| v.to_str().unwrap().to_string()).collect();
         assert!(text[0].starts_with("_oauth2_proxy=small;"), "{text:?}");
-        assert!(text[0].contains("Domain=app.example.com") && text[0].contains("Secure") && text[0].contains("HttpOnly") && text[0].contains("SameSite=Lax"));
+        assert!(
+            text[0].contains("Domain=app.example.com")
+                && text[0].contains("Secure")
+                && text[0].contains("HttpOnly")
+                && text[0].contains("SameSite=Lax")
+        );
         assert_eq!(text.len(), 3);
         assert!(text[1].starts_with("_oauth2_proxy_0=;") && text[1].contains("Max-Age=0"));
         assert!(text[2].starts_with("_oauth2_proxy_1=;"));
@@ -245,7 +264,12 @@ mod tests {
         let h = headers("_oauth2_proxy=old");
         let out = w.set_session(&RequestCookies::parse(&h), &value, 60);
         let sets: Vec<_> = out.iter().map(|v| v.to_str().unwrap().to_string()).collect();
-        assert_eq!(sets.len(), 4, "three chunks and one clear: {:?}", sets.iter().map(|s| &s[..20]).collect::<Vec<_>>());
+        assert_eq!(
+            sets.len(),
+            4,
+            "three chunks and one clear: {:?}",
+            sets.iter().map(|s| &s[..20]).collect::<Vec<_>>()
+        );
         assert!(sets.iter().all(|s| s.len() < 4096));
         assert!(sets[3].starts_with("_oauth2_proxy=;"));
         let request: Vec<String> = sets[..3].iter().map(|s| s.split(';').next().unwrap().to_string()).collect();
@@ -255,7 +279,9 @@ mod tests {
 
     #[test]
     fn proxy_cookies_never_go_upstream() {
-        let h = headers("a=1; _oauth2_proxy=s; _oauth2_proxy_0=x; _oauth2_proxy_12=y; _oauth2_proxy_csrf=c; _oauth2_proxy_ab12cd34_csrf=d; _oauth2_proxy_extra=keep; b=2");
+        let h = headers(
+            "a=1; _oauth2_proxy=s; _oauth2_proxy_0=x; _oauth2_proxy_12=y; _oauth2_proxy_csrf=c; _oauth2_proxy_ab12cd34_csrf=d; _oauth2_proxy_extra=keep; b=2",
+        );
         let kept = strip_proxy_cookies(&h, "_oauth2_proxy").unwrap().unwrap();
         assert_eq!(kept, "a=1; _oauth2_proxy_extra=keep; b=2");
         assert_eq!(strip_proxy_cookies(&headers("_oauth2_proxy=s"), "_oauth2_proxy"), Some(None));

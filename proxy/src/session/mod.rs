@@ -68,6 +68,9 @@ pub struct LoginState {
 
 impl fmt::Debug for LoginState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoginState").field("redirect", &self.redirect).field("expires_at", &self.expires_at).finish_non_exhaustive()
+        f.debug_struct("LoginState")
+            .field("redirect", &self.redirect)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }

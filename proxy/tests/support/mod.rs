@@ -69,9 +69,15 @@ impl Idp {
             .spawn()
             .expect("node is installed (make test installs the test peers)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("IdP prints its address");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("IdP prints its address");
         let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP did not start: {e}: {line:?}"));
-        Idp { issuer: info["issuer"].as_str().unwrap().to_string(), port: info["port"].as_u64().unwrap() as u16, child }
+        Idp {
+            issuer: info["issuer"].as_str().unwrap().to_string(),
+            port: info["port"].as_u64().unwrap() as u16,
+            child,
+        }
     }
 }
 
@@ -129,7 +135,13 @@ impl Proxy {
             .await
             .unwrap();
         });
-        Proxy { addr, url: format!("http://{addr}"), clock, stop: Some(stop), task: Some(task) }
+        Proxy {
+            addr,
+            url: format!("http://{addr}"),
+            clock,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Flags for a proxy in front of `upstream`, logging in at `idp`.
@@ -198,7 +210,10 @@ impl Upstream {
                 });
             }
         });
-        Upstream { url: format!("http://{addr}/"), addr }
+        Upstream {
+            url: format!("http://{addr}/"),
+            addr,
+        }
     }
 }
 
@@ -224,7 +239,10 @@ async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
-        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
@@ -236,16 +254,28 @@ async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
     }
     let json = serde_json::json!({ "method": method, "uri": uri, "headers": headers, "body_len": body_len });
-    Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(json.to_string()))).unwrap()
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
 }
 
 /// An HTTP client with a cookie jar that does not follow redirects, so each hop is checked.
 pub fn browser() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 pub fn location(resp: &reqwest::Response) -> String {
-    resp.headers().get("location").unwrap_or_else(|| panic!("no Location on {} {}", resp.status(), resp.url())).to_str().unwrap().to_string()
+    resp.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location on {} {}", resp.status(), resp.url()))
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn absolute(base: &str, loc: &str) -> String {
@@ -268,11 +298,23 @@ pub async fn idp_login(client: &reqwest::Client, auth_url: &str, user: &str, pas
             continue;
         }
         let body = resp.text().await.unwrap();
-        let uid = url.rsplit("/interaction/").next().unwrap().split(['/', '?']).next().unwrap().to_string();
+        let uid = url
+            .rsplit("/interaction/")
+            .next()
+            .unwrap()
+            .split(['/', '?'])
+            .next()
+            .unwrap()
+            .to_string();
         let idp_base = url.split("/interaction/").next().unwrap().to_string();
         let resp = if body.contains("id=\"login\"") && !posted_login {
             posted_login = true;
-            client.post(format!("{idp_base}/interaction/{uid}/login")).form(&[("login", user), ("password", password)]).send().await.unwrap()
+            client
+                .post(format!("{idp_base}/interaction/{uid}/login"))
+                .form(&[("login", user), ("password", password)])
+                .send()
+                .await
+                .unwrap()
         } else if body.contains("id=\"consent\"") {
             client.post(format!("{idp_base}/interaction/{uid}/confirm")).send().await.unwrap()
         } else {
@@ -289,7 +331,11 @@ pub async fn idp_login(client: &reqwest::Client, auth_url: &str, user: &str, pas
 
 /// `/oauth2/start` → IdP → callback URL (not yet visited).
 pub async fn start_and_authenticate(client: &reqwest::Client, proxy: &str, rd: &str, user: &str, password: &str) -> String {
-    let resp = client.get(format!("{proxy}/oauth2/start?rd={}", urlencode(rd))).send().await.unwrap();
+    let resp = client
+        .get(format!("{proxy}/oauth2/start?rd={}", urlencode(rd)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 302, "start redirects to the IdP");
     idp_login(client, &location(&resp), user, password).await
 }

@@ -1,0 +1,40 @@
+# sidekey — developer entry points. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: demo test setup fmt fmt-check lint unit build docs clean
+
+## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
+demo:
+	@SIDEKEY_NEEDS_BROWSER=0 tests/setup.sh
+	$(CARGO) build -p sidekey-proxy
+	@scripts/demo.sh
+
+## test: installs the test peers, then fmt, clippy and every test
+test: setup fmt-check lint
+	$(CARGO) build -p sidekey-proxy
+	scripts/demo.sh --smoke
+	$(CARGO) test --workspace --all-targets
+
+setup:
+	@tests/setup.sh
+
+build:
+	$(CARGO) build --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## docs: regenerate docs/configuration.md from the option table
+docs:
+	SIDEKEY_UPDATE_DOCS=1 $(CARGO) test -p sidekey-proxy --lib config::tests::configuration_doc_is_current
+
+clean:
+	$(CARGO) clean

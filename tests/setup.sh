@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need: Debian packages (as root) and the node peers
+# from the committed lockfile. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
+if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
+
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing ${packages[*]}; install them (sudo apt-get install ${packages[*]}) or run as root" >&2
+    exit 1
+  fi
+  echo "setup: installing ${packages[*]} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+
+# npm ci when node_modules is missing or older than the lockfile.
+if [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then
+  echo "setup: npm ci in tests/"
+  (cd tests && npm ci --no-audit --no-fund --loglevel=error)
+fi
