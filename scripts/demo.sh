@@ -42,11 +42,9 @@ cookie_secret=$(head -c 32 /dev/urandom | base64 | tr -- '+/' '-_')
   --email-domain=example.com --upstream="http://127.0.0.1:${app_port}/" \
   --http-address="127.0.0.1:${port}" --pass-access-token >"$work/proxy.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:${port}/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:${port}/ready" >/dev/null || { echo "demo: proxy did not become ready"; cat "$work/proxy.log"; exit 1; }
+ready() { python3 -c "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:${port}/ready', timeout=1).status == 200 else 1)" 2>/dev/null; }
+for _ in $(seq 1 100); do ready && break; sleep 0.1; done
+ready || { echo "demo: proxy did not become ready"; cat "$work/proxy.log"; exit 1; }
 
 if [ "$smoke" = 1 ]; then
   node tests/browser/login.mjs "http://127.0.0.1:${port}/" alice alice-password "Hello, alice" || { cat "$work/proxy.log"; exit 1; }

@@ -185,8 +185,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let mut proxy = proxy_for(&[&upstream.url]).await;
     let url = format!("{}/slow", proxy.url);
     let in_flight = tokio::spawn(async move { client().get(url).header("cookie", session_cookie()).send().await.unwrap().status() });
-    // Wait until the request is inside the proxy (the upstream takes 500 ms to answer).
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Stop once the request is in flight (the upstream then takes 500 ms to answer).
+    upstream.slow_started.notified().await;
     proxy.trigger_stop();
     assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request completes");
     let task = proxy.task.take().unwrap();

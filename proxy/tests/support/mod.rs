@@ -193,17 +193,25 @@ impl Drop for Proxy {
 pub struct Upstream {
     pub url: String,
     pub addr: SocketAddr,
+    /// Notified when a `/slow` request has arrived.
+    pub slow_started: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let slow_started = Arc::new(tokio::sync::Notify::new());
+        let notify = slow_started.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                let notify = notify.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(echo(req).await) });
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let notify = notify.clone();
+                        async move { Ok::<_, Infallible>(echo(req, &notify).await) }
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
@@ -213,11 +221,12 @@ impl Upstream {
         Upstream {
             url: format!("http://{addr}/"),
             addr,
+            slow_started,
         }
     }
 }
 
-async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn echo(mut req: Request<Incoming>, slow_started: &tokio::sync::Notify) -> Response<Full<Bytes>> {
     if req.uri().path() == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -235,6 +244,7 @@ async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
             .unwrap();
     }
     if req.uri().path() == "/slow" {
+        slow_started.notify_one();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
