@@ -116,14 +116,7 @@ async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
         .1
         .into_owned();
     let resp = client.get(&callback).send().await.unwrap();
-    let session = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.starts_with("_oauth2_proxy="))
-        .unwrap();
-    let session_value = session.split(';').next().unwrap().trim_start_matches("_oauth2_proxy=").to_string();
+    let session_value = set_cookie_value(&resp, "_oauth2_proxy").unwrap();
     let view: serde_json::Value = client.get(format!("{url}/page")).send().await.unwrap().json().await.unwrap();
     let access_token = view["headers"]["x-forwarded-access-token"][0].as_str().unwrap().to_string();
 

@@ -76,14 +76,7 @@ async fn login_passes_identity_to_the_upstream() {
         set_cookies.iter().any(|c| c.starts_with("_oauth2_proxy_csrf=;")),
         "CSRF cookie cleared: {set_cookies:?}"
     );
-    let session = set_cookies
-        .iter()
-        .find(|c| c.starts_with("_oauth2_proxy="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = format!("_oauth2_proxy={}", set_cookie_value(&resp, "_oauth2_proxy").unwrap());
 
     let view = client
         .get(format!("{p}/app/page?x=1"))
@@ -373,15 +366,7 @@ async fn tampered_truncated_and_expired_cookies_are_no_session() {
     let client = browser();
     let p = &env.proxy.url;
     let resp = login(&client, p, "/", "alice", "alice-password").await;
-    let cookie = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("_oauth2_proxy="))
-        .unwrap()
-        .to_string();
-    let value = cookie.split(';').next().unwrap().trim_start_matches("_oauth2_proxy=").to_string();
+    let value = set_cookie_value(&resp, "_oauth2_proxy").unwrap();
     let with = |v: &str| {
         let v = v.to_string();
         let p = p.clone();
@@ -475,14 +460,7 @@ async fn minimal_sessions_hold_no_tokens() {
     let env = setup(&["--session-cookie-minimal"]).await;
     let client = browser();
     let resp = login(&client, &env.proxy.url, "/", "alice", "alice-password").await;
-    let cookie = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("_oauth2_proxy="))
-        .unwrap()
-        .len();
+    let cookie = set_cookie_value(&resp, "_oauth2_proxy").unwrap().len();
     assert!(cookie < 400, "minimal cookie is small: {cookie}");
     let view = upstream_view(&client, &format!("{}/", env.proxy.url)).await;
     assert_eq!(header(&view, "x-forwarded-email"), Some("alice@example.com"));

@@ -288,6 +288,19 @@ pub fn location(resp: &reqwest::Response) -> String {
         .to_string()
 }
 
+/// The value of the cookie `name` that a response sets.
+pub fn set_cookie_value(resp: &reqwest::Response, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| {
+            let pair = c.split(';').next()?;
+            pair.strip_prefix(&prefix).map(String::from)
+        })
+}
+
 fn absolute(base: &str, loc: &str) -> String {
     url::Url::parse(base).unwrap().join(loc).unwrap().to_string()
 }
