@@ -653,6 +653,87 @@ mod tests {
         assert!(matches!(o.identity_from_claims(&c), Err(OidcError::UnverifiedEmail)));
     }
 
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_the_jwks_once() {
+        // A JWKS endpoint that now serves the rotated key k2.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let body = serde_json::to_string(&CoreJsonWebKeySet::new(vec![mk_key("k2").as_verification_key()])).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let body = body.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let o = mk_oidc(&[]);
+        let mut d = mk_discovered("k1");
+        d.metadata = d
+            .metadata
+            .set_jwks_uri(JsonWebKeySetUrl::new(format!("http://{addr}/jwks")).unwrap());
+        d.jwks_fetched = Instant::now() - Duration::from_secs(60);
+        let d = Arc::new(d);
+        *o.current.write().unwrap() = Some(d.clone());
+        let rotated = sign(
+            serde_json::json!({"alg": "RS256", "kid": "k2"}),
+            &claims(serde_json::json!({})),
+            "k2",
+        );
+        assert!(
+            o.verify_id_token(&d, &rotated, Some("n1")).await.is_ok(),
+            "the rotated key is fetched and accepted"
+        );
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The old key is gone from the new set; a forged kid does not refetch again within 10 s.
+        let fresh = o.current().unwrap();
+        assert!(
+            o.verify_id_token(&fresh, &rs256(&claims(serde_json::json!({}))), Some("n1"))
+                .await
+                .is_err()
+        );
+        let forged = sign(
+            serde_json::json!({"alg": "RS256", "kid": "k9"}),
+            &claims(serde_json::json!({})),
+            "k9",
+        );
+        assert!(o.verify_id_token(&fresh, &forged, Some("n1")).await.is_err());
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "rate-limited");
+    }
+
+    #[test]
+    fn claim_names_are_configurable() {
+        let mut o = mk_oidc(&[]);
+        o.cfg.email_claim = "mail".into();
+        o.cfg.groups_claim = "roles".into();
+        o.cfg.user_id_claim = "oid".into();
+        let c = verify(
+            &o,
+            &rs256(&claims(
+                serde_json::json!({"mail": "m@example.com", "roles": "admin", "oid": "0000-1"}),
+            )),
+        )
+        .unwrap();
+        let id = o.identity_from_claims(&c).unwrap();
+        assert_eq!(
+            (id.email.as_str(), id.groups, id.user.as_str()),
+            ("m@example.com", vec!["admin".to_string()], "0000-1")
+        );
+    }
+
     #[test]
     fn response_issuer_is_checked() {
         let o = mk_oidc(&[]);

@@ -465,3 +465,28 @@ async fn minimal_sessions_hold_no_tokens() {
     let view = upstream_view(&client, &format!("{}/", env.proxy.url)).await;
     assert_eq!(header(&view, "x-forwarded-email"), Some("alice@example.com"));
 }
+
+#[tokio::test]
+async fn skip_oidc_discovery_uses_the_configured_endpoints() {
+    let listener = Proxy::bind().await;
+    let callback = format!("http://{}/oauth2/callback", listener.local_addr().unwrap());
+    let idp = Idp::start(&[callback], serde_json::json!({}));
+    let upstream = Upstream::start().await;
+    let i = &idp.issuer;
+    let extra = [
+        "--skip-oidc-discovery".to_string(),
+        format!("--login-url={i}/auth"),
+        format!("--redeem-url={i}/token"),
+        format!("--oidc-jwks-url={i}/jwks"),
+        "--oidc-groups-claim=groups".to_string(),
+        "--user-id-claim=preferred_username".to_string(),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(listener, &Proxy::args(i, &upstream.url, &extra)).await;
+    let client = browser();
+    let resp = login(&client, &proxy.url, "/", "alice", "alice-password").await;
+    assert_eq!(resp.status(), 302);
+    let view = upstream_view(&client, &format!("{}/", proxy.url)).await;
+    assert_eq!(header(&view, "x-forwarded-user"), Some("alice"), "user_id_claim");
+    assert_eq!(header(&view, "x-forwarded-email"), Some("alice@example.com"));
+}
