@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::config::{self, ProviderConfig};
-use crate::http_client::{HttpClient, HttpError, error_chain};
+use crate::http_client::{HttpClient, error_chain};
 
 /// Clock skew tolerated on `exp`.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
@@ -464,12 +464,6 @@ fn token_error<RE: std::error::Error + 'static>(
         RequestTokenError::Request(e) => OidcError::TokenTransport(error_chain(&e)),
         RequestTokenError::Parse(e, _) => OidcError::TokenTransport(format!("unparseable token response: {e}")),
         RequestTokenError::Other(s) => OidcError::TokenTransport(s),
-    }
-}
-
-impl From<HttpError> for OidcError {
-    fn from(e: HttpError) -> Self {
-        OidcError::Unavailable(e.to_string())
     }
 }
 

@@ -58,12 +58,6 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
     Duration::try_from_secs_f64(total).map_err(|_| DurationError::Overflow)
 }
 
-/// Formats like Go's `Duration.String` for whole seconds (`168h0m0s`), for messages.
-pub fn format(d: Duration) -> String {
-    let secs = d.as_secs();
-    format!("{}h{}m{}s", secs / 3600, secs / 60 % 60, secs % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,7 +71,6 @@ mod tests {
         assert_eq!(parse("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(parse("0"), Ok(Duration::ZERO));
         assert_eq!(parse("0s"), Ok(Duration::ZERO));
-        assert_eq!(format(Duration::from_secs(168 * 3600)), "168h0m0s");
     }
 
     #[test]
