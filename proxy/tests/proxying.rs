@@ -51,6 +51,11 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` as a signed-in user.
+async fn signed_in_get(url: String) -> reqwest::Response {
+    client().get(url).header("cookie", session_cookie()).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn streams_large_bodies_both_ways() {
     let upstream = Upstream::start().await;
@@ -117,12 +122,7 @@ async fn upstream_down_gives_a_quick_502() {
     let dead = dead_issuer();
     let proxy = proxy_for(&[&format!("{dead}/")]).await;
     let started = Instant::now();
-    let resp = client()
-        .get(format!("{}/", proxy.url))
-        .header("cookie", session_cookie())
-        .send()
-        .await
-        .unwrap();
+    let resp = signed_in_get(format!("{}/", proxy.url)).await;
     assert_eq!(resp.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
     assert!(resp.text().await.unwrap().contains("not responding"));
@@ -140,12 +140,7 @@ async fn slow_upstream_times_out_with_504() {
         }
     });
     let proxy = proxy_for(&[&format!("http://{addr}/")]).await;
-    let resp = client()
-        .get(format!("{}/", proxy.url))
-        .header("cookie", session_cookie())
-        .send()
-        .await
-        .unwrap();
+    let resp = signed_in_get(format!("{}/", proxy.url)).await;
     assert_eq!(resp.status(), 504);
 }
 
@@ -158,15 +153,14 @@ async fn routes_by_longest_prefix_to_http_static_and_file_upstreams() {
     let file = format!("file://{}#/static/", dir.path().display());
     let api = format!("{}api", upstream.url);
     let proxy = proxy_for(&[&api, &file, "static://202"]).await;
-    let c = client();
-    let get = |path: &str| c.get(format!("{}{path}", proxy.url)).header("cookie", session_cookie()).send();
-    let r = get("/api/v1/x?y=2").await.unwrap();
+    let get = |path: &str| signed_in_get(format!("{}{path}", proxy.url));
+    let r = get("/api/v1/x?y=2").await;
     let view: serde_json::Value = r.json().await.unwrap();
     assert_eq!(view["uri"], "/api/v1/x?y=2");
-    let r = get("/static/hello.txt").await.unwrap();
+    let r = get("/static/hello.txt").await;
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(r.text().await.unwrap(), "hello from a file");
-    assert_eq!(get("/static/").await.unwrap().text().await.unwrap(), "<p>index</p>");
+    assert_eq!(get("/static/").await.text().await.unwrap(), "<p>index</p>");
     // Dot segments, sent raw (HTTP clients resolve `..` and `%2e%2e` away before sending).
     for path in [
         "/static/../../etc/passwd",
@@ -175,8 +169,8 @@ async fn routes_by_longest_prefix_to_http_static_and_file_upstreams() {
     ] {
         assert!(raw_get(proxy.addr, path).await.starts_with("HTTP/1.1 404"), "{path}");
     }
-    assert_eq!(get("/apix").await.unwrap().status(), 202, "/api does not match /apix");
-    assert_eq!(get("/anything").await.unwrap().status(), 202);
+    assert_eq!(get("/apix").await.status(), 202, "/api does not match /apix");
+    assert_eq!(get("/anything").await.status(), 202);
 }
 
 #[tokio::test]
@@ -184,7 +178,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let upstream = Upstream::start().await;
     let mut proxy = proxy_for(&[&upstream.url]).await;
     let url = format!("{}/slow", proxy.url);
-    let in_flight = tokio::spawn(async move { client().get(url).header("cookie", session_cookie()).send().await.unwrap().status() });
+    let in_flight = tokio::spawn(async move { signed_in_get(url).await.status() });
     // Stop once the request is in flight (the upstream then takes 500 ms to answer).
     upstream.slow_started.notified().await;
     proxy.trigger_stop();
