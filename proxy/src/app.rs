@@ -102,10 +102,11 @@ struct RequestMeta {
 
 impl App {
     pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock) -> Result<Self, String> {
-        let emails: HashSet<String> = match &cfg.authz.emails_file {
+        let mut emails: HashSet<String> = match &cfg.authz.emails_file {
             Some(path) => Authorizer::read_emails_file(path).map_err(|e| format!("authenticated_emails_file {}: {e}", path.display()))?,
             None => HashSet::new(),
         };
+        emails.extend(cfg.authz.allowed_emails.iter().cloned());
         let prefix = &cfg.proxy_prefix;
         let paths = Paths {
             start: format!("{prefix}/start"),

@@ -100,6 +100,19 @@ where
     T: Into<OsString> + Clone,
     E: IntoIterator<Item = (String, String)>,
 {
+    let invocation = parse(args, env)?;
+    check_status(&invocation.values)?;
+    Ok(invocation)
+}
+
+/// Parses like [`load`] but accepts options sidekey-proxy does not implement yet, so that
+/// tooling (the controller's render tests) can check names and value syntax on their own.
+pub fn parse<I, T, E>(args: I, env: E) -> Result<Invocation, LoadError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+    E: IntoIterator<Item = (String, String)>,
+{
     let matches = command().try_get_matches_from(args).map_err(LoadError::Cli)?;
 
     let mut flags = Values::default();
@@ -142,7 +155,6 @@ where
     values.warnings.append(&mut env_values.warnings);
     values.map.extend(env_values.map);
     values.map.extend(flags.map);
-    check_status(&values)?;
 
     let config_test = values.bool("config_test");
     Ok(Invocation { values, config_test })

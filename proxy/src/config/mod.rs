@@ -139,6 +139,7 @@ pub struct LoggingConfig {
 pub struct AuthzConfig {
     pub email_domains: Vec<String>,
     pub emails_file: Option<PathBuf>,
+    pub allowed_emails: Vec<String>,
     pub allowed_groups: Vec<String>,
 }
 
@@ -205,12 +206,13 @@ impl Config {
         let authz = AuthzConfig {
             email_domains: v.list("email_domains").into_iter().map(|d| d.to_ascii_lowercase()).collect(),
             emails_file: v.opt_str("authenticated_emails_file").map(PathBuf::from),
+            allowed_emails: v.list("allowed_emails"),
             allowed_groups: v.list("allowed_groups"),
         };
-        if authz.email_domains.is_empty() && authz.emails_file.is_none() {
+        if authz.email_domains.is_empty() && authz.emails_file.is_none() && authz.allowed_emails.is_empty() {
             return Err(invalid(
                 "email_domains",
-                "no one could sign in: set email_domains (use \"*\" to allow any email, then restrict with allowed_groups) or authenticated_emails_file",
+                "no one could sign in: set email_domains (use \"*\" to allow any email, then restrict with allowed_groups), allowed_emails or authenticated_emails_file",
             ));
         }
         let whitelist_domains = v.list("whitelist_domains").into_iter().map(|d| d.to_ascii_lowercase()).collect();

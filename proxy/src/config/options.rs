@@ -750,6 +750,14 @@ pub static OPTIONS: &[Opt] = &[
         "File with one allowed email address per line.",
     ),
     o(
+        "allowed-email",
+        "allowed_emails",
+        List,
+        "",
+        Supported,
+        "Email addresses allowed to sign in (sidekey extension; the inline form of authenticated_emails_file).",
+    ),
+    o(
         "allowed-group",
         "allowed_groups",
         List,

@@ -1,0 +1,142 @@
+//! Read access to the cluster objects the resolver needs, whatever holds them: the
+//! controller's reflector stores, or the files given to `sidekey-controller render`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+
+use crate::api::AuthPolicy;
+use crate::gateway::{HTTPRoute, ReferenceGrant};
+
+/// Namespace and name of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn of<K: kube::Resource>(obj: &K) -> Self {
+        ObjKey::new(obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+    }
+}
+
+impl fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the resolver reads. Implementations must be cheap to query repeatedly.
+pub trait Cache {
+    fn policies(&self) -> Vec<Arc<AuthPolicy>>;
+    fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>>;
+    /// `false` when the HTTPRoute CRD is not installed (Service targets keep working).
+    fn routes_available(&self) -> bool;
+    fn grants_in(&self, namespace: &str) -> Vec<Arc<ReferenceGrant>>;
+    fn service(&self, key: &ObjKey) -> Option<Arc<Service>>;
+    fn deployments_in(&self, namespace: &str) -> Vec<Arc<Deployment>>;
+    /// A digest of the Secret's data, so a rotation changes the rendered config hash.
+    fn secret_digest(&self, key: &ObjKey) -> Option<String>;
+    /// Deployments and Services carrying our annotation naming `policy` (`namespace/name`).
+    fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>);
+}
+
+pub fn annotated_by<K: kube::Resource>(obj: &K, policy: &str) -> bool {
+    obj.meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::resolve::ANNOTATION_POLICY))
+        .is_some_and(|p| p == policy)
+}
+
+/// An in-memory cache: the offline renderer's input, and the tests' world.
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    pub policies: BTreeMap<ObjKey, Arc<AuthPolicy>>,
+    pub routes: BTreeMap<ObjKey, Arc<HTTPRoute>>,
+    pub routes_available: bool,
+    pub grants: BTreeMap<ObjKey, Arc<ReferenceGrant>>,
+    pub services: BTreeMap<ObjKey, Arc<Service>>,
+    pub deployments: BTreeMap<ObjKey, Arc<Deployment>>,
+    pub secrets: BTreeMap<ObjKey, String>,
+}
+
+impl Snapshot {
+    pub fn new() -> Self {
+        Snapshot {
+            routes_available: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_policy(&mut self, p: AuthPolicy) -> &mut Self {
+        self.policies.insert(ObjKey::of(&p), Arc::new(p));
+        self
+    }
+    pub fn add_route(&mut self, r: HTTPRoute) -> &mut Self {
+        self.routes.insert(ObjKey::of(&r), Arc::new(r));
+        self
+    }
+    pub fn add_grant(&mut self, g: ReferenceGrant) -> &mut Self {
+        self.grants.insert(ObjKey::of(&g), Arc::new(g));
+        self
+    }
+    pub fn add_service(&mut self, s: Service) -> &mut Self {
+        self.services.insert(ObjKey::of(&s), Arc::new(s));
+        self
+    }
+    pub fn add_deployment(&mut self, d: Deployment) -> &mut Self {
+        self.deployments.insert(ObjKey::of(&d), Arc::new(d));
+        self
+    }
+    pub fn add_secret(&mut self, key: ObjKey, digest: impl Into<String>) -> &mut Self {
+        self.secrets.insert(key, digest.into());
+        self
+    }
+}
+
+impl Cache for Snapshot {
+    fn policies(&self) -> Vec<Arc<AuthPolicy>> {
+        self.policies.values().cloned().collect()
+    }
+    fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>> {
+        self.routes.get(key).cloned()
+    }
+    fn routes_available(&self) -> bool {
+        self.routes_available
+    }
+    fn grants_in(&self, namespace: &str) -> Vec<Arc<ReferenceGrant>> {
+        self.grants.values().filter(|g| g.namespace().as_deref() == Some(namespace)).cloned().collect()
+    }
+    fn service(&self, key: &ObjKey) -> Option<Arc<Service>> {
+        self.services.get(key).cloned()
+    }
+    fn deployments_in(&self, namespace: &str) -> Vec<Arc<Deployment>> {
+        self.deployments
+            .range(ObjKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+    fn secret_digest(&self, key: &ObjKey) -> Option<String> {
+        self.secrets.get(key).cloned()
+    }
+    fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>) {
+        (
+            self.deployments.values().filter(|d| annotated_by(d.as_ref(), policy)).cloned().collect(),
+            self.services.values().filter(|s| annotated_by(s.as_ref(), policy)).cloned().collect(),
+        )
+    }
+}

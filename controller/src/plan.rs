@@ -1,0 +1,384 @@
+//! What one reconcile must do — the writes and the status — decided from cached state
+//! alone. Pure: the reconciler executes a [`Plan`]; `render` previews one; tests assert on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::api::{AuthPolicy, AuthPolicyStatus, DEFAULT_AUDIENCE, TargetState, WorkloadIdentityStatus};
+use crate::cache::{Cache, ObjKey};
+use crate::merge;
+use crate::render::{self, RenderOptions};
+use crate::resolve::{self, ANNOTATION_ORIGINAL_PORTS, Resolution, Touched};
+
+pub const FINALIZER: &str = "sidekey.dev/cleanup";
+
+pub mod reason {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const INVALID: &str = "Invalid";
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const CONFLICTED: &str = "Conflicted";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub const READY: &str = "Ready";
+    pub const ROLLOUT_PENDING: &str = "RolloutPending";
+    pub const TARGETS_NOT_READY: &str = "TargetsNotReady";
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Apply {
+    pub key: ObjKey,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventSpec {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Cookie secrets to create (namespace/name), the policy owning those in its own namespace.
+    pub create_secrets: Vec<ObjKey>,
+    pub deployment_applies: Vec<Apply>,
+    pub service_applies: Vec<Apply>,
+    /// Objects this policy patched earlier but no longer should: restore or release.
+    pub service_restores: Vec<Apply>,
+    pub deployment_releases: Vec<Apply>,
+    /// `None` when the status is already current.
+    pub status: Option<AuthPolicyStatus>,
+    pub events: Vec<EventSpec>,
+    pub touched: Touched,
+}
+
+impl Plan {
+    pub fn writes(&self) -> usize {
+        self.create_secrets.len()
+            + self.deployment_applies.len()
+            + self.service_applies.len()
+            + self.service_restores.len()
+            + self.deployment_releases.len()
+            + usize::from(self.status.is_some())
+    }
+}
+
+pub fn patched_by(cache: &dyn Cache, policy: &ObjKey) -> Patched {
+    let (deployments, services) = cache.patched_by(&policy.to_string());
+    Patched {
+        deployments: deployments.iter().map(|d| ObjKey::of(d.as_ref())).collect(),
+        services: services.iter().map(|s| (ObjKey::of(s.as_ref()), remembered_ports(s))).collect(),
+    }
+}
+
+/// Objects a policy patched before, found by our annotation.
+#[derive(Clone, Debug, Default)]
+pub struct Patched {
+    pub deployments: Vec<ObjKey>,
+    pub services: Vec<(ObjKey, BTreeMap<String, String>)>,
+}
+
+pub fn remembered_ports(svc: &k8s_openapi::api::core::v1::Service) -> BTreeMap<String, String> {
+    svc.annotations()
+        .get(ANNOTATION_ORIGINAL_PORTS)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default()
+}
+
+/// Whether the Deployment runs its current template everywhere: observed, fully updated, available.
+pub fn rolled_out(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let want = spec.replicas.unwrap_or(1);
+    status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) >= want
+        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+        && status.available_replicas.unwrap_or(0) >= want
+}
+
+pub struct Input<'a> {
+    pub policy: &'a AuthPolicy,
+    pub cache: &'a dyn Cache,
+    pub opts: &'a RenderOptions,
+    pub validation: Vec<String>,
+    /// Offline: treat every rollout as finished, to show the end state.
+    pub assume_rolled_out: bool,
+    pub now: jiff::Timestamp,
+}
+
+pub fn plan(input: Input<'_>) -> Plan {
+    let Input {
+        policy,
+        cache,
+        opts,
+        validation,
+        assume_rolled_out,
+        now,
+    } = input;
+    let me = ObjKey::of(policy);
+    let patched = patched_by(cache, &me);
+    let mut out = Plan::default();
+    let res: Resolution = resolve::resolve(policy, cache);
+    out.touched = res.touched.clone();
+    let mut targets = res.targets.clone();
+
+    if !validation.is_empty() {
+        // Keep what is already in place: withdrawing protection because of a typo would
+        // expose the app. The status says what to fix.
+        let msg = validation.join("; ");
+        let status = status(policy, &targets, 0, None, (false, reason::INVALID, &msg), (false, reason::INVALID, &msg), now);
+        out.status = changed(policy, status);
+        return out;
+    }
+
+    // Which Deployments are ours, and which another (older) policy already protects.
+    let mut owned = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (dkey, w) in &res.workloads {
+        match resolve::winner(cache, dkey) {
+            Some(win) if ObjKey::of(win.as_ref()) != me => {
+                let winner = ObjKey::of(win.as_ref());
+                for t in targets.iter_mut().filter(|t| t.deployment.as_deref() == Some(&dkey.name)) {
+                    t.state = TargetState::Conflicted;
+                    t.message = format!("Deployment {dkey} is already protected by AuthPolicy {winner} (the oldest policy wins)");
+                }
+                conflicts.push((dkey.clone(), winner));
+            }
+            _ => {
+                owned.insert(dkey.clone(), w.clone());
+            }
+        }
+    }
+
+    // The generated cookie secret, one per namespace with a protected Deployment.
+    if policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_none() {
+        let name = render::generated_cookie_secret_name(policy);
+        let namespaces: BTreeSet<&str> = owned.keys().map(|k| k.namespace.as_str()).collect();
+        for ns in namespaces {
+            let key = ObjKey::new(ns, &name);
+            if cache.secret_digest(&key).is_none() {
+                out.create_secrets.push(key);
+            }
+        }
+    }
+
+    for (dkey, _) in &owned {
+        for r in render::secret_refs(policy) {
+            out.touched.secrets.insert(ObjKey::new(&dkey.namespace, r.name));
+        }
+    }
+    let mut ready_workloads = BTreeSet::new();
+    for (dkey, w) in &owned {
+        let desired = render::deployment_patch(policy, w, &res.hostnames, opts, cache);
+        let live = serde_json::to_value(w.deployment.as_ref()).expect("deployment serializes");
+        if merge::contains(&live, &desired) {
+            if assume_rolled_out || rolled_out(&w.deployment) {
+                ready_workloads.insert(dkey.clone());
+            }
+        } else {
+            out.deployment_applies.push(Apply {
+                key: dkey.clone(),
+                body: desired,
+            });
+            if assume_rolled_out {
+                ready_workloads.insert(dkey.clone());
+            }
+        }
+    }
+    if !out.deployment_applies.is_empty() {
+        let names: Vec<String> = out.deployment_applies.iter().map(|a| a.key.to_string()).collect();
+        out.events.push(EventSpec {
+            warning: false,
+            reason: "Injected".into(),
+            note: format!("sidekey-proxy sidecar applied to Deployment {}", names.join(", ")),
+        });
+    }
+
+    // A Service is switched to the sidecar only once every Deployment behind it runs the
+    // sidecar, so traffic never lands on a pod without the named port (no outage), and only
+    // if all of them are ours (two policies never fight over one Service).
+    let mut by_service: BTreeMap<ObjKey, Vec<&ObjKey>> = BTreeMap::new();
+    for (dkey, w) in &res.workloads {
+        for b in &w.bindings {
+            by_service.entry(b.service.clone()).or_default().push(dkey);
+        }
+    }
+    let switchable: BTreeSet<ObjKey> = by_service
+        .iter()
+        .filter(|(_, ds)| ds.iter().all(|d| owned.contains_key(*d) && ready_workloads.contains(*d)))
+        .map(|(s, _)| s.clone())
+        .collect();
+    let service_patches = render::service_patches(policy, owned.values());
+    let mut protected_services = BTreeSet::new();
+    for (skey, patch) in service_patches {
+        if !switchable.contains(&skey) {
+            continue;
+        }
+        let live = cache.service(&skey).map(|s| serde_json::to_value(s.as_ref()).expect("service serializes"));
+        if !live.is_some_and(|l| merge::contains(&l, &patch)) {
+            out.service_applies.push(Apply { key: skey.clone(), body: patch });
+        }
+        protected_services.insert(skey);
+    }
+
+    for t in targets.iter_mut() {
+        let (Some(svc), Some(_)) = (&t.service, &t.deployment) else { continue };
+        if t.state == TargetState::Pending {
+            let svc_key = svc.split_once('/').map(|(n, s)| ObjKey::new(n, s));
+            if svc_key.is_some_and(|k| protected_services.contains(&k)) {
+                t.state = TargetState::Protected;
+            } else {
+                t.message = "waiting for the Deployment to roll out with the sidecar before switching the Service".into();
+            }
+        }
+    }
+
+    // Undo what an earlier version of this policy did and no longer wants.
+    for (skey, originals) in &patched.services {
+        if !protected_services.contains(skey) {
+            out.service_restores.push(Apply {
+                key: skey.clone(),
+                body: render::service_restore_patch(skey, originals),
+            });
+        }
+    }
+    for dkey in &patched.deployments {
+        if !owned.contains_key(dkey) {
+            out.deployment_releases.push(Apply {
+                key: dkey.clone(),
+                body: render::release_patch("apps/v1", "Deployment", dkey),
+            });
+        }
+    }
+    if !out.deployment_releases.is_empty() {
+        let names: Vec<String> = out.deployment_releases.iter().map(|a| a.key.to_string()).collect();
+        out.events.push(EventSpec {
+            warning: false,
+            reason: "Removed".into(),
+            note: format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
+        });
+    }
+
+    let protected = owned
+        .keys()
+        .filter(|d| {
+            ready_workloads.contains(*d)
+                && owned[*d].bindings.iter().all(|b| protected_services.contains(&b.service))
+        })
+        .count();
+    let subjects = policy.spec.provider.workload_identity.as_ref().map(|wi| WorkloadIdentityStatus {
+        subjects: owned
+            .iter()
+            .map(|(k, w)| format!("system:serviceaccount:{}:{}", k.namespace, w.service_account))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        audience: wi.audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
+        issuer_hint: "the cluster's service-account issuer: kubectl get --raw /.well-known/openid-configuration".into(),
+    });
+
+    let accepted = if owned.is_empty() && !conflicts.is_empty() {
+        let (d, w) = &conflicts[0];
+        let msg = format!("Deployment {d} is already protected by AuthPolicy {w} (the oldest policy wins)");
+        (false, reason::CONFLICTED, msg)
+    } else if owned.is_empty() && targets.iter().any(|t| t.state == TargetState::RefNotPermitted) {
+        (false, reason::REF_NOT_PERMITTED, first_message(&targets, TargetState::RefNotPermitted))
+    } else if owned.is_empty() {
+        let msg = targets.iter().find(|t| !t.message.is_empty()).map(|t| t.message.clone()).unwrap_or_else(|| "no target found".into());
+        (false, reason::TARGET_NOT_FOUND, msg)
+    } else {
+        (true, reason::ACCEPTED, format!("protecting {} Deployment(s)", owned.len()))
+    };
+    let all_protected = !targets.is_empty() && targets.iter().all(|t| t.state == TargetState::Protected);
+    let ready = if !accepted.0 {
+        (false, accepted.1, accepted.2.clone())
+    } else if all_protected {
+        (true, reason::READY, "every target is protected".to_string())
+    } else if let Some(t) = targets.iter().find(|t| !matches!(t.state, TargetState::Protected | TargetState::Pending)) {
+        (false, reason::TARGETS_NOT_READY, t.message.clone())
+    } else {
+        (false, reason::ROLLOUT_PENDING, "waiting for Deployments to roll out with the sidecar".to_string())
+    };
+    if !conflicts.is_empty() {
+        let note = conflicts.iter().map(|(d, w)| format!("{d} (protected by {w})")).collect::<Vec<_>>().join(", ");
+        let was = policy
+            .status
+            .as_ref()
+            .is_some_and(|s| s.targets.iter().any(|t| t.state == TargetState::Conflicted));
+        if !was {
+            out.events.push(EventSpec {
+                warning: true,
+                reason: "Conflicted".into(),
+                note: format!("not protecting {note}: an older AuthPolicy already does"),
+            });
+        }
+    }
+    let st = status(
+        policy,
+        &targets,
+        protected as i32,
+        subjects,
+        (accepted.0, accepted.1, &accepted.2),
+        (ready.0, ready.1, &ready.2),
+        now,
+    );
+    out.status = changed(policy, st);
+    out
+}
+
+fn first_message(targets: &[crate::api::TargetStatus], state: TargetState) -> String {
+    targets.iter().find(|t| t.state == state).map(|t| t.message.clone()).unwrap_or_default()
+}
+
+fn condition(policy: &AuthPolicy, type_: &str, (ok, reason, message): (bool, &str, &str), now: jiff::Timestamp) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let previous = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status);
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: policy.metadata.generation,
+        last_transition_time: previous.map(|c| c.last_transition_time.clone()).unwrap_or(Time(now)),
+    }
+}
+
+fn status(
+    policy: &AuthPolicy,
+    targets: &[crate::api::TargetStatus],
+    protected: i32,
+    workload_identity: Option<WorkloadIdentityStatus>,
+    accepted: (bool, &str, &str),
+    ready: (bool, &str, &str),
+    now: jiff::Timestamp,
+) -> AuthPolicyStatus {
+    AuthPolicyStatus {
+        observed_generation: policy.metadata.generation,
+        conditions: vec![condition(policy, "Accepted", accepted, now), condition(policy, "Ready", ready, now)],
+        target_count: policy.spec.target_refs.len() as i32,
+        protected,
+        targets: targets.to_vec(),
+        workload_identity,
+    }
+}
+
+/// The new status, or `None` when it equals the current one (timestamps aside).
+fn changed(policy: &AuthPolicy, new: AuthPolicyStatus) -> Option<AuthPolicyStatus> {
+    fn strip(s: &AuthPolicyStatus) -> AuthPolicyStatus {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    }
+    match &policy.status {
+        Some(old) if strip(old) == strip(&new) => None,
+        _ => Some(new),
+    }
+}

@@ -1,0 +1,347 @@
+//! The I/O shell: executes a [`Plan`] against the API server, and undoes everything when a
+//! policy is deleted. Every request is a write (reads come from the cache), which is what the
+//! mock-API tests count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use rand::RngCore;
+use serde_json::json;
+use thiserror::Error;
+
+use crate::api::AuthPolicy;
+use crate::cache::{Cache, ObjKey};
+use crate::metrics::Metrics;
+use crate::plan::{self, FINALIZER, Plan};
+use crate::render::{self, COOKIE_SECRET_KEY, FIELD_MANAGER, RenderOptions};
+use crate::resolve::Touched;
+use crate::validate::validate;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{action} {kind} {key}: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        key: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Api { source, .. } => match source {
+                kube::Error::Api(s) => format!("api_{}", s.code),
+                _ => "transport".into(),
+            },
+        }
+    }
+}
+
+fn api_err(action: &'static str, kind: &'static str, key: &ObjKey) -> impl FnOnce(kube::Error) -> Error + use<> {
+    let key = key.to_string();
+    move |source| Error::Api { action, kind, key, source }
+}
+
+/// Which policies looked at which objects in their last reconcile, so that a watch event on
+/// any of them re-queues exactly those policies.
+#[derive(Default)]
+pub struct Index {
+    inner: Mutex<HashMap<ObjKey, Touched>>,
+}
+
+impl Index {
+    pub fn set(&self, policy: ObjKey, touched: Touched) {
+        self.inner.lock().expect("index lock").insert(policy, touched);
+    }
+    pub fn remove(&self, policy: &ObjKey) {
+        self.inner.lock().expect("index lock").remove(policy);
+    }
+    pub fn policies_touching(&self, f: impl Fn(&Touched) -> bool) -> Vec<ObjKey> {
+        self.inner
+            .lock()
+            .expect("index lock")
+            .iter()
+            .filter(|(_, t)| f(t))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub cache: Arc<dyn Cache + Send + Sync>,
+    pub opts: RenderOptions,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub index: Arc<Index>,
+    failures: Mutex<HashMap<ObjKey, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, cache: Arc<dyn Cache + Send + Sync>, opts: RenderOptions, metrics: Arc<Metrics>, index: Arc<Index>) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            cache,
+            opts,
+            recorder,
+            metrics,
+            index,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = if policy.metadata.deletion_timestamp.is_some() {
+        cleanup(&policy, &ctx).await
+    } else {
+        apply(&policy, &ctx).await
+    };
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabels { result: label.into() })
+        .inc();
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&ObjKey::of(policy.as_ref()));
+    }
+    result
+}
+
+/// Exponential backoff per policy (1 s doubling to 5 min), reset by a success.
+pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjKey::of(policy.as_ref());
+    ctx.metrics
+        .errors
+        .get_or_create(&crate::metrics::ErrorLabels { reason: error.reason() })
+        .inc();
+    let mut failures = ctx.failures.lock().expect("failures lock");
+    let n = failures.entry(key.clone()).or_insert(0);
+    *n += 1;
+    let delay = backoff(*n);
+    tracing::warn!(policy = %key, error = %error, retry_in_s = delay.as_secs_f64(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+fn policy_ref(policy: &AuthPolicy) -> ObjectReference {
+    policy.object_ref(&())
+}
+
+async fn apply(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
+    let key = ObjKey::of(policy);
+    let policies: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = policy.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        // resourceVersion makes this a compare-and-swap: never clobber another finalizer.
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": policy.resource_version()}});
+        policies
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_err("add finalizer to", "AuthPolicy", &key))?;
+        ctx.metrics.write("AuthPolicy", "patch");
+    }
+    let plan = plan::plan(plan::Input {
+        policy,
+        cache: ctx.cache.as_ref(),
+        opts: &ctx.opts,
+        validation: validate(policy),
+        assume_rolled_out: false,
+        now: jiff::Timestamp::now(),
+    });
+    ctx.index.set(key.clone(), plan.touched.clone());
+    execute(policy, &plan, ctx).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn execute(policy: &AuthPolicy, plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    let key = ObjKey::of(policy);
+    for skey in &plan.create_secrets {
+        create_cookie_secret(policy, skey, ctx).await?;
+    }
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    for a in &plan.deployment_applies {
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &a.key.namespace);
+        api.patch(&a.key.name, &ssa, &Patch::Apply(&a.body))
+            .await
+            .map_err(api_err("apply", "Deployment", &a.key))?;
+        ctx.metrics.write("Deployment", "apply");
+        tracing::info!(policy = %key, deployment = %a.key, "sidecar applied");
+    }
+    for a in plan.service_applies.iter().chain(&plan.service_restores) {
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &a.key.namespace);
+        api.patch(&a.key.name, &ssa, &Patch::Apply(&a.body))
+            .await
+            .map_err(api_err("apply", "Service", &a.key))?;
+        ctx.metrics.write("Service", "apply");
+        tracing::info!(policy = %key, service = %a.key, "service routed");
+    }
+    for a in &plan.deployment_releases {
+        release_deployment(&a.key, ctx).await?;
+    }
+    if let Some(status) = &plan.status {
+        let policies: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        policies
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .await
+            .map_err(api_err("update status of", "AuthPolicy", &key))?;
+        ctx.metrics.write("AuthPolicy", "patch-status");
+    }
+    for e in &plan.events {
+        publish(policy, ctx, e.warning, &e.reason, &e.note).await;
+    }
+    Ok(())
+}
+
+async fn publish(policy: &AuthPolicy, ctx: &Context, warning: bool, reason: &str, note: &str) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // Events are informational: failing to record one must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &policy_ref(policy)).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+async fn release_deployment(dkey: &ObjKey, ctx: &Context) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &dkey.namespace);
+    let body = render::release_patch("apps/v1", "Deployment", dkey);
+    match api.patch(&dkey.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+        Ok(_) => {}
+        // Already gone: nothing left to release.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(api_err("release", "Deployment", dkey)(e)),
+    }
+    ctx.metrics.write("Deployment", "apply");
+    Ok(())
+}
+
+async fn create_cookie_secret(policy: &AuthPolicy, skey: &ObjKey, ctx: &Context) -> Result<(), Error> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let value = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let same_ns = policy.namespace().as_deref() == Some(skey.namespace.as_str());
+    let mut secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": skey.name,
+            "namespace": skey.namespace,
+            // No Argo CD tracking labels: Argo CD must not prune what it did not create.
+            "labels": {
+                "app.kubernetes.io/managed-by": FIELD_MANAGER,
+                "sidekey.dev/policy-name": policy.name_any(),
+            },
+            "annotations": {"sidekey.dev/policy": ObjKey::of(policy).to_string()},
+        },
+        "type": "Opaque",
+    }))
+    .expect("static secret shape");
+    secret.string_data = Some([(COOKIE_SECRET_KEY.to_string(), value)].into());
+    if same_ns {
+        secret.metadata.owner_references = Some(vec![owner_ref(policy)]);
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &skey.namespace);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        // Created by an earlier attempt or the other replica: never overwrite, or every session breaks.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(api_err("create", "Secret", skey)(e)),
+    }
+    ctx.metrics.write("Secret", "create");
+    Ok(())
+}
+
+fn owner_ref(policy: &AuthPolicy) -> OwnerReference {
+    OwnerReference {
+        api_version: AuthPolicy::api_version(&()).into(),
+        kind: AuthPolicy::kind(&()).into(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Deletion: restore Services first (traffic goes straight to the app port, which old and new
+/// pods both have), then release the Deployments, then drop the finalizer.
+async fn cleanup(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
+    let key = ObjKey::of(policy);
+    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let patched = plan::patched_by(ctx.cache.as_ref(), &key);
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    for (skey, originals) in &patched.services {
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &skey.namespace);
+        let body = render::service_restore_patch(skey, originals);
+        match api.patch(&skey.name, &ssa, &Patch::Apply(&body)).await {
+            Ok(_) => ctx.metrics.write("Service", "apply"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err("restore", "Service", skey)(e)),
+        }
+    }
+    for dkey in &patched.deployments {
+        release_deployment(dkey, ctx).await?;
+    }
+    // Generated cookie secrets outside the policy's namespace have no owner reference (those
+    // cannot cross namespaces), so delete them here; the others go with the policy.
+    let generated = render::generated_cookie_secret_name(policy);
+    if policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_none() {
+        let namespaces: std::collections::BTreeSet<&str> = patched
+            .deployments
+            .iter()
+            .map(|d| d.namespace.as_str())
+            .filter(|ns| *ns != key.namespace)
+            .collect();
+        for ns in namespaces {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            match api.delete(&generated, &DeleteParams::default()).await {
+                Ok(_) => ctx.metrics.write("Secret", "delete"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_err("delete", "Secret", &ObjKey::new(ns, &generated))(e)),
+            }
+        }
+    }
+    if !patched.deployments.is_empty() {
+        let names: Vec<String> = patched.deployments.iter().map(|d| d.to_string()).collect();
+        publish(policy, ctx, false, "Removed", &format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", "))).await;
+    }
+    let finalizers: Vec<&String> = policy.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": policy.resource_version()}});
+    let policies: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match policies.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => ctx.metrics.write("AuthPolicy", "patch"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(api_err("remove finalizer from", "AuthPolicy", &key)(e)),
+    }
+    ctx.index.remove(&key);
+    Ok(Action::await_change())
+}
