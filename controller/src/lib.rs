@@ -9,10 +9,12 @@ pub mod cache;
 pub mod gateway;
 pub mod merge;
 pub mod metrics;
+pub mod offline;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
 pub mod resolve;
+pub mod runtime;
 pub mod validate;
 
 /// The AuthPolicy CRD as YAML, exactly as committed in `crds/sidekey.dev_authpolicies.yaml`.

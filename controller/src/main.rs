@@ -1,1 +1,135 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, Command};
+use sidekey_controller::offline;
+use sidekey_controller::render::{RenderOptions, SidecarMode};
+use sidekey_controller::runtime::{self, Settings};
+
+const DEFAULT_IMAGE: &str = concat!("ghcr.io/sidekey-dev/sidekey-proxy:v", env!("CARGO_PKG_VERSION"));
+
+fn cli() -> Command {
+    let image = Arg::new("proxy-image")
+        .long("proxy-image")
+        .env("SIDEKEY_PROXY_IMAGE")
+        .default_value(DEFAULT_IMAGE)
+        .help("sidekey-proxy image injected when a policy names none");
+    let mode = Arg::new("sidecar-mode")
+        .long("sidecar-mode")
+        .env("SIDEKEY_SIDECAR_MODE")
+        .value_parser(["auto", "native", "regular"])
+        .default_value("auto")
+        .help("native: init container with restartPolicy Always (Kubernetes >= 1.29); regular: a plain container; auto: by server version");
+    Command::new("sidekey-controller")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Puts sidekey-proxy in front of the workloads an AuthPolicy targets")
+        .subcommand_required(false)
+        .arg(image.clone())
+        .arg(mode.clone())
+        .arg(
+            Arg::new("metrics-address")
+                .long("metrics-address")
+                .env("SIDEKEY_METRICS_ADDRESS")
+                .default_value("0.0.0.0:8080")
+                .help("Serves /metrics, /healthz and /readyz"),
+        )
+        .arg(
+            Arg::new("leader-election")
+                .long("leader-election")
+                .env("SIDEKEY_LEADER_ELECTION")
+                .value_parser(clap::value_parser!(bool))
+                .default_value("true")
+                .help("Run only while holding the sidekey-controller Lease (safe with several replicas)"),
+        )
+        .arg(
+            Arg::new("lease-namespace")
+                .long("lease-namespace")
+                .env("POD_NAMESPACE")
+                .default_value("sidekey-system")
+                .help("Namespace of the leader-election Lease"),
+        )
+        .subcommand(
+            Command::new("render")
+                .about("Print the Deployments and Services the given AuthPolicies would patch, without a cluster")
+                .arg(
+                    Arg::new("file")
+                        .short('f')
+                        .long("filename")
+                        .required(true)
+                        .action(ArgAction::Append)
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("YAML file or directory (AuthPolicy, HTTPRoute, ReferenceGrant, Service, Deployment); repeatable"),
+                )
+                .arg(image)
+                .arg(Arg::new("sidecar-mode").long("sidecar-mode").value_parser(["native", "regular"]).default_value("native")),
+        )
+        .subcommand(Command::new("crd").about("Print the AuthPolicy CustomResourceDefinition"))
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let m = cli().get_matches();
+    match m.subcommand() {
+        Some(("crd", _)) => {
+            print!("{}", sidekey_controller::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Some(("render", r)) => {
+            let paths: Vec<PathBuf> = r.get_many::<PathBuf>("file").into_iter().flatten().cloned().collect();
+            let opts = RenderOptions {
+                proxy_image: r.get_one::<String>("proxy-image").cloned().unwrap_or_default(),
+                mode: if r.get_one::<String>("sidecar-mode").map(String::as_str) == Some("regular") {
+                    SidecarMode::Regular
+                } else {
+                    SidecarMode::Native
+                },
+            };
+            let result = offline::Input::read(&paths).and_then(|input| {
+                let rendered = offline::render(&input, &opts)?;
+                Ok(offline::to_yaml(&input, &rendered))
+            });
+            match result {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {
+            init_logging();
+            let settings = Settings {
+                proxy_image: m.get_one::<String>("proxy-image").cloned().unwrap_or_default(),
+                sidecar_mode: m.get_one::<String>("sidecar-mode").cloned().unwrap_or_default(),
+                metrics_address: match m.get_one::<String>("metrics-address").map(|a| a.parse()) {
+                    Some(Ok(a)) => a,
+                    _ => {
+                        eprintln!("error: --metrics-address must be host:port, e.g. 0.0.0.0:8080");
+                        return ExitCode::from(2);
+                    }
+                },
+                leader_election: m.get_one::<bool>("leader-election").copied().unwrap_or(true),
+                lease_namespace: m.get_one::<String>("lease-namespace").cloned().unwrap_or_default(),
+                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("sidekey-controller-{}", std::process::id())),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            match rt.block_on(runtime::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "controller failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -7,15 +7,15 @@ use serde_json::Value;
 
 fn item_key(v: &Value) -> Option<String> {
     let o = v.as_object()?;
-    if let Some(n) = o.get("name").and_then(Value::as_str) {
-        return Some(format!("name={n}"));
-    }
+    let protocol = || o.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+    // Service ports carry a name too, but the API keys them by port and protocol.
     if let Some(p) = o.get("port").and_then(Value::as_i64) {
-        return Some(format!("port={p}/{}", o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")));
+        return Some(format!("port={p}/{}", protocol()));
     }
-    o.get("containerPort")
-        .and_then(Value::as_i64)
-        .map(|p| format!("containerPort={p}/{}", o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")))
+    if let Some(p) = o.get("containerPort").and_then(Value::as_i64) {
+        return Some(format!("containerPort={p}/{}", protocol()));
+    }
+    o.get("name").and_then(Value::as_str).map(|n| format!("name={n}"))
 }
 
 fn keyed(items: &[Value]) -> bool {

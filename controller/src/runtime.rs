@@ -1,0 +1,426 @@
+//! Watches, caches, the controller loop, leader election and the health/metrics endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::api::AuthPolicy;
+use crate::cache::{Cache, ObjKey, annotated_by};
+use crate::gateway::{HTTPRoute, ReferenceGrant};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, Index};
+use crate::render::{RenderOptions, SidecarMode};
+
+/// The reflector stores, read through [`Cache`].
+#[derive(Clone)]
+pub struct LiveCache {
+    pub policies: Store<AuthPolicy>,
+    pub routes: Option<Store<HTTPRoute>>,
+    pub grants: Option<Store<ReferenceGrant>>,
+    pub services: Store<Service>,
+    pub deployments: Store<Deployment>,
+    pub secrets: Store<Secret>,
+}
+
+fn get<K>(store: &Store<K>, key: &ObjKey) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(&key.name).within(&key.namespace))
+}
+
+impl Cache for LiveCache {
+    fn policies(&self) -> Vec<Arc<AuthPolicy>> {
+        self.policies.state()
+    }
+    fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>> {
+        get(self.routes.as_ref()?, key)
+    }
+    fn routes_available(&self) -> bool {
+        self.routes.is_some()
+    }
+    fn grants_in(&self, namespace: &str) -> Vec<Arc<ReferenceGrant>> {
+        self.grants
+            .as_ref()
+            .map(|g| g.state_filter(|g| g.namespace().as_deref() == Some(namespace)))
+            .unwrap_or_default()
+    }
+    fn service(&self, key: &ObjKey) -> Option<Arc<Service>> {
+        get(&self.services, key)
+    }
+    fn deployments_in(&self, namespace: &str) -> Vec<Arc<Deployment>> {
+        let mut ds = self.deployments.state_filter(|d| d.namespace().as_deref() == Some(namespace));
+        ds.sort_by_key(|d| d.name_any());
+        ds
+    }
+    fn secret_digest(&self, key: &ObjKey) -> Option<String> {
+        let s = get(&self.secrets, key)?;
+        let data = s.data.as_ref()?;
+        data.get(DIGEST_KEY).map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    }
+    fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>) {
+        (
+            self.deployments.state_filter(|d| annotated_by(d, policy)),
+            self.services.state_filter(|s| annotated_by(s, policy)),
+        )
+    }
+}
+
+const DIGEST_KEY: &str = "sidekey.dev/digest";
+
+/// Keeps only a digest of a Secret's data in memory: enough to roll pods on rotation,
+/// without holding every Secret of the cluster in the controller.
+fn digest_secret(s: &mut Secret) {
+    let mut h = Sha256::new();
+    for (k, v) in s.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(&v.0);
+        h.update([0]);
+    }
+    let digest: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    s.data = Some(BTreeMap::from([(DIGEST_KEY.to_string(), k8s_openapi::ByteString(digest.into_bytes()))]));
+    s.string_data = None;
+    s.metadata.managed_fields = None;
+}
+
+pub struct Settings {
+    pub proxy_image: String,
+    pub sidecar_mode: String,
+    pub metrics_address: SocketAddr,
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    pub identity: String,
+}
+
+/// `auto` picks native sidecars on Kubernetes ≥ 1.29.
+pub fn sidecar_mode(setting: &str, version: Option<(u32, u32)>) -> SidecarMode {
+    match setting {
+        "native" => SidecarMode::Native,
+        "regular" => SidecarMode::Regular,
+        _ => match version {
+            Some((major, minor)) if major == 1 && minor < 29 => SidecarMode::Regular,
+            _ => SidecarMode::Native,
+        },
+    }
+}
+
+fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<(u32, u32)> {
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
+    Some((digits(&info.major)?, digits(&info.minor)?))
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal();
+    tokio::spawn(serve_health(settings.metrics_address, metrics.clone(), ready.clone()));
+
+    let version = client.apiserver_version().await.ok();
+    let mode = sidecar_mode(&settings.sidecar_mode, version.as_ref().and_then(parse_version));
+    tracing::info!(server = ?version.as_ref().map(|v| v.git_version.clone()), mode = ?mode, "connected to the API server");
+    if mode == SidecarMode::Regular {
+        tracing::warn!("native sidecars need Kubernetes 1.29 or newer: injecting sidekey-proxy as a regular container");
+    }
+
+    if settings.leader_election {
+        leader::acquire(&client, &settings.lease_namespace, &settings.identity).await?;
+        tokio::spawn(leader::renew(client.clone(), settings.lease_namespace.clone(), settings.identity.clone()));
+    }
+
+    let routes_api: Api<HTTPRoute> = Api::all(client.clone());
+    let routes_installed = match routes_api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::warn!("the HTTPRoute CRD (Gateway API) is not installed: serving Service targets only; restart the controller after installing Gateway API");
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let grants_installed = routes_installed && Api::<ReferenceGrant>::all(client.clone()).list(&ListParams::default().limit(1)).await.is_ok();
+
+    let wc = watcher::Config::default();
+    let (policies, pw) = reflector::store();
+    let (services, sw) = reflector::store();
+    let (deployments, dw) = reflector::store();
+    let (secrets, xw) = reflector::store();
+    let (routes, rw) = reflector::store();
+    let (grants, gw) = reflector::store();
+
+    let policy_stream = reflector::reflector(pw, watcher(Api::<AuthPolicy>::all(client.clone()), wc.clone()))
+        .default_backoff()
+        .touched_objects();
+    let service_stream = reflector::reflector(sw, watcher(Api::<Service>::all(client.clone()), wc.clone()).modify(|s| s.metadata.managed_fields = None))
+        .default_backoff()
+        .touched_objects();
+    let deployment_stream = reflector::reflector(
+        dw,
+        watcher(Api::<Deployment>::all(client.clone()), wc.clone()).modify(|d| d.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
+    let secret_stream = reflector::reflector(xw, watcher(Api::<Secret>::all(client.clone()), wc.clone()).modify(digest_secret))
+        .default_backoff()
+        .touched_objects();
+
+    let cache = LiveCache {
+        policies: policies.clone(),
+        routes: routes_installed.then(|| routes.clone()),
+        grants: grants_installed.then(|| grants.clone()),
+        services: services.clone(),
+        deployments: deployments.clone(),
+        secrets: secrets.clone(),
+    };
+    let index = Arc::new(Index::default());
+    let opts = RenderOptions {
+        proxy_image: settings.proxy_image.clone(),
+        mode,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(cache.clone()), opts, metrics.clone(), index.clone()));
+
+    let mut controller = Controller::for_stream(policy_stream, policies.clone())
+        .watches_stream(service_stream, {
+            let index = index.clone();
+            move |s: Service| to_refs(index.policies_touching(|t| t.services.contains(&ObjKey::of(&s))))
+        })
+        .watches_stream(deployment_stream, {
+            let index = index.clone();
+            let services = services.clone();
+            move |d: Deployment| {
+                let key = ObjKey::of(&d);
+                let selecting: Vec<ObjKey> = services
+                    .state_filter(|s| s.namespace() == d.namespace() && selects(s, &d))
+                    .iter()
+                    .map(|s| ObjKey::of(s.as_ref()))
+                    .collect();
+                to_refs(index.policies_touching(|t| t.deployments.contains(&key) || selecting.iter().any(|s| t.services.contains(s))))
+            }
+        })
+        .watches_stream(secret_stream, {
+            let index = index.clone();
+            move |s: Secret| to_refs(index.policies_touching(|t| t.secrets.contains(&ObjKey::of(&s))))
+        });
+    if routes_installed {
+        let route_stream = reflector::reflector(rw, watcher(Api::<HTTPRoute>::all(client.clone()), wc.clone()))
+            .default_backoff()
+            .touched_objects();
+        let index = index.clone();
+        controller = controller.watches_stream(route_stream, move |r: HTTPRoute| {
+            to_refs(index.policies_touching(|t| t.routes.contains(&ObjKey::of(&r))))
+        });
+    }
+    if grants_installed {
+        let grant_stream = reflector::reflector(gw, watcher(Api::<ReferenceGrant>::all(client.clone()), wc.clone()))
+            .default_backoff()
+            .touched_objects();
+        let policies = policies.clone();
+        // Rare and cross-namespace: re-check every policy.
+        controller = controller.watches_stream(grant_stream, move |_: ReferenceGrant| {
+            policies.state().iter().map(|p| ObjectRef::from(p.as_ref())).collect::<Vec<_>>()
+        });
+    }
+
+    let readiness = {
+        let (p, s, d, x) = (policies.clone(), services.clone(), deployments.clone(), secrets.clone());
+        let ready = ready.clone();
+        async move {
+            let _ = tokio::join!(p.wait_until_ready(), s.wait_until_ready(), d.wait_until_ready(), x.wait_until_ready());
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("caches synced; reconciling");
+        }
+    };
+    tokio::spawn(readiness);
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    if settings.leader_election {
+        leader::release(&client, &settings.lease_namespace, &settings.identity).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn to_refs(keys: Vec<ObjKey>) -> Vec<ObjectRef<AuthPolicy>> {
+    keys.into_iter().map(|k| ObjectRef::new(&k.name).within(&k.namespace)).collect()
+}
+
+fn selects(s: &Service, d: &Deployment) -> bool {
+    let selector = s.spec.as_ref().and_then(|s| s.selector.as_ref());
+    let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+    match (selector, labels) {
+        (Some(sel), Some(l)) if !sel.is_empty() => sel.iter().all(|(k, v)| l.get(k) == Some(v)),
+        _ => false,
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode, service::service_fn};
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind the metrics address");
+            std::process::exit(2);
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (status, body) = match req.uri().path() {
+                    "/metrics" => (StatusCode::OK, metrics.encode()),
+                    "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                    "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_string()),
+                    "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".to_string()),
+                    _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                };
+                async move { Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(bytes::Bytes::from(body))).expect("response")) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Leader election on a `coordination.k8s.io` Lease, client-go style: acquire when free or
+/// expired, renew every 5 s, and exit if renewal is lost (the other replica takes over; the
+/// kubelet restarts this one as a follower). Optimistic concurrency (resourceVersion) makes
+/// two replicas never both win.
+pub mod leader {
+    use super::*;
+
+    pub const LEASE_NAME: &str = "sidekey-controller";
+    const DURATION: i32 = 15;
+
+    fn now() -> MicroTime {
+        MicroTime(jiff::Timestamp::now())
+    }
+
+    fn expired(l: &Lease) -> bool {
+        let Some(spec) = &l.spec else { return true };
+        match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(t), Some(d)) => t.0 + jiff::SignedDuration::from_secs(d as i64) < jiff::Timestamp::now(),
+            _ => true,
+        }
+    }
+
+    /// One attempt: true when `me` holds the lease afterwards.
+    pub async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
+        let lease = match api.get_opt(LEASE_NAME).await? {
+            Some(l) => l,
+            None => {
+                let l: Lease = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": LEASE_NAME},
+                    "spec": {"holderIdentity": me, "leaseDurationSeconds": DURATION, "acquireTime": now(), "renewTime": now(), "leaseTransitions": 0},
+                }))
+                .expect("lease shape");
+                return match api.create(&PostParams::default(), &l).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        if holder != me && !holder.is_empty() && !expired(&lease) {
+            return Ok(false);
+        }
+        let mut next = lease.clone();
+        let s = next.spec.get_or_insert_with(Default::default);
+        if holder != me {
+            s.acquire_time = Some(now());
+            s.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        s.holder_identity = Some(me.into());
+        s.lease_duration_seconds = Some(DURATION);
+        s.renew_time = Some(now());
+        match api.replace(LEASE_NAME, &PostParams::default(), &next).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn acquire(client: &Client, ns: &str, me: &str) -> anyhow::Result<()> {
+        let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+        tracing::info!(lease = LEASE_NAME, namespace = ns, identity = me, "waiting for leadership");
+        loop {
+            match try_acquire(&api, me).await {
+                Ok(true) => {
+                    tracing::info!(identity = me, "became leader");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    pub async fn renew(client: Client, ns: String, me: String) {
+        let api: Api<Lease> = Api::namespaced(client, &ns);
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            match try_acquire(&api, &me).await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!("lost leadership; exiting so the new leader runs alone");
+                    std::process::exit(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the lease"),
+            }
+            if last_ok.elapsed() > Duration::from_secs(DURATION as u64 - 3) {
+                tracing::error!("could not renew the lease in time; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// Hands over at once on a clean shutdown instead of making the other replica wait out the lease.
+    pub async fn release(client: &Client, ns: &str, me: &str) {
+        let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+        if let Ok(Some(mut l)) = api.get_opt(LEASE_NAME).await {
+            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me) {
+                let s = l.spec.get_or_insert_with(Default::default);
+                s.holder_identity = None;
+                s.lease_duration_seconds = Some(1);
+                let _ = api.replace(LEASE_NAME, &PostParams::default(), &l).await;
+            }
+        }
+    }
+}
