@@ -18,9 +18,12 @@ pub const DEFAULT_SIDECAR_PORT: i32 = 4180;
 /// Go duration syntax as both the proxy and oauth2-proxy parse it (`168h`, `1h30m`, `90s`).
 const DURATION_RULE: &str = r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$')";
 /// https anywhere; http only for a loopback host, which is only reachable in tests and demos.
-const URL_RULE: &str = r"isURL(self) && (self.startsWith('https://') || self.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?(/.*)?$'))";
+const URL_RULE: &str =
+    r"isURL(self) && (self.startsWith('https://') || self.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?(/.*)?$'))";
 
 /// Puts single sign-on in front of the workloads behind the target routes or Services.
+// Several `printcolumn(...)` entries share keys such as `type_`, which this lint misreads.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sidekey.dev",
@@ -33,9 +36,25 @@ const URL_RULE: &str = r"isURL(self) && (self.startsWith('https://') || self.mat
     category = "sidekey",
     label("gateway.networking.k8s.io/policy", "Inherited"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Targets", type_ = "integer", json_path = ".status.targetCount", description = "Routes and Services the policy names"),
-    printcolumn(name = "Protected", type_ = "integer", json_path = ".status.protected", description = "Deployments running the sidekey-proxy sidecar"),
-    printcolumn(name = "Subjects", type_ = "string", json_path = ".status.workloadIdentity.subjects", priority = 1, description = "Federated-credential subjects to register in Entra ID"),
+    printcolumn(
+        name = "Targets",
+        type_ = "integer",
+        json_path = ".status.targetCount",
+        description = "Routes and Services the policy names"
+    ),
+    printcolumn(
+        name = "Protected",
+        type_ = "integer",
+        json_path = ".status.protected",
+        description = "Deployments running the sidekey-proxy sidecar"
+    ),
+    printcolumn(
+        name = "Subjects",
+        type_ = "string",
+        json_path = ".status.workloadIdentity.subjects",
+        priority = 1,
+        description = "Federated-credential subjects to register in Entra ID"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

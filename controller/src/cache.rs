@@ -28,7 +28,10 @@ impl ObjKey {
     }
 
     pub fn of<K: kube::Resource>(obj: &K) -> Self {
-        ObjKey::new(obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+        ObjKey::new(
+            obj.meta().namespace.clone().unwrap_or_default(),
+            obj.meta().name.clone().unwrap_or_default(),
+        )
     }
 }
 
@@ -118,7 +121,11 @@ impl Cache for Snapshot {
         self.routes_available
     }
     fn grants_in(&self, namespace: &str) -> Vec<Arc<ReferenceGrant>> {
-        self.grants.values().filter(|g| g.namespace().as_deref() == Some(namespace)).cloned().collect()
+        self.grants
+            .values()
+            .filter(|g| g.namespace().as_deref() == Some(namespace))
+            .cloned()
+            .collect()
     }
     fn service(&self, key: &ObjKey) -> Option<Arc<Service>> {
         self.services.get(key).cloned()
@@ -135,8 +142,16 @@ impl Cache for Snapshot {
     }
     fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>) {
         (
-            self.deployments.values().filter(|d| annotated_by(d.as_ref(), policy)).cloned().collect(),
-            self.services.values().filter(|s| annotated_by(s.as_ref(), policy)).cloned().collect(),
+            self.deployments
+                .values()
+                .filter(|d| annotated_by(d.as_ref(), policy))
+                .cloned()
+                .collect(),
+            self.services
+                .values()
+                .filter(|s| annotated_by(s.as_ref(), policy))
+                .cloned()
+                .collect(),
         )
     }
 }

@@ -6,7 +6,13 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "gateway.networking.k8s.io", version = "v1", kind = "HTTPRoute", namespaced, schema = "disabled")]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    namespaced,
+    schema = "disabled"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteSpec {
     #[serde(default)]
@@ -65,7 +71,13 @@ impl BackendRef {
 /// Lets routes in one namespace send traffic to Services in another (Gateway API's
 /// cross-namespace consent, owned by the target namespace).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "gateway.networking.k8s.io", version = "v1beta1", kind = "ReferenceGrant", namespaced, schema = "disabled")]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1beta1",
+    kind = "ReferenceGrant",
+    namespaced,
+    schema = "disabled"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceGrantSpec {
     #[serde(default)]
@@ -94,7 +106,10 @@ pub struct GrantTo {
 impl ReferenceGrant {
     /// Whether this grant (living in the Service's namespace) lets HTTPRoutes in `from_ns` reference Service `name`.
     pub fn permits_route_to_service(&self, from_ns: &str, name: &str) -> bool {
-        self.spec.from.iter().any(|f| f.group == crate::api::GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns)
+        self.spec
+            .from
+            .iter()
+            .any(|f| f.group == crate::api::GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns)
             && self
                 .spec
                 .to

@@ -61,7 +61,12 @@ fn cli() -> Command {
                         .help("YAML file or directory (AuthPolicy, HTTPRoute, ReferenceGrant, Service, Deployment); repeatable"),
                 )
                 .arg(image)
-                .arg(Arg::new("sidecar-mode").long("sidecar-mode").value_parser(["native", "regular"]).default_value("native")),
+                .arg(
+                    Arg::new("sidecar-mode")
+                        .long("sidecar-mode")
+                        .value_parser(["native", "regular"])
+                        .default_value("native"),
+                ),
         )
         .subcommand(Command::new("crd").about("Print the AuthPolicy CustomResourceDefinition"))
 }
@@ -122,7 +127,10 @@ fn main() -> ExitCode {
                 lease_namespace: m.get_one::<String>("lease-namespace").cloned().unwrap_or_default(),
                 identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("sidekey-controller-{}", std::process::id())),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             match rt.block_on(runtime::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -69,13 +69,19 @@ mod tests {
     #[test]
     fn merges_keyed_lists_and_keeps_other_items() {
         let mut live = json!({"spec": {"initContainers": [{"name": "setup", "image": "busybox"}], "containers": [{"name": "app"}]}});
-        merge(&mut live, &json!({"spec": {"initContainers": [{"name": "sidekey-proxy", "restartPolicy": "Always"}]}}));
+        merge(
+            &mut live,
+            &json!({"spec": {"initContainers": [{"name": "sidekey-proxy", "restartPolicy": "Always"}]}}),
+        );
         assert_eq!(
             live,
             json!({"spec": {"initContainers": [{"name": "setup", "image": "busybox"}, {"name": "sidekey-proxy", "restartPolicy": "Always"}], "containers": [{"name": "app"}]}})
         );
         let mut svc = json!({"ports": [{"port": 80, "targetPort": 8080, "name": "http"}, {"port": 443, "protocol": "TCP"}]});
-        merge(&mut svc, &json!({"ports": [{"port": 80, "protocol": "TCP", "targetPort": "sidekey-http"}]}));
+        merge(
+            &mut svc,
+            &json!({"ports": [{"port": 80, "protocol": "TCP", "targetPort": "sidekey-http"}]}),
+        );
         assert_eq!(svc["ports"][0]["targetPort"], "sidekey-http");
         assert_eq!(svc["ports"][0]["name"], "http");
         assert_eq!(svc["ports"].as_array().unwrap().len(), 2);

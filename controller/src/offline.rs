@@ -85,7 +85,10 @@ impl Input {
         for p in paths {
             for file in files(p)? {
                 let path = file.display().to_string();
-                let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 input.add_text(&path, &text)?;
             }
         }
@@ -120,7 +123,11 @@ impl Input {
                 m.insert("namespace".into(), "default".into());
             }
         }
-        let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let ns = v
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
         let object = format!("{kind} {ns}/{name}");
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         let known = matches!(
@@ -241,7 +248,11 @@ pub fn to_yaml(input: &Input, rendered: &[Rendered]) -> String {
                 t.port.map_or("-".to_string(), |p| p.to_string()),
                 t.deployment.as_deref().unwrap_or("-"),
                 t.state,
-                if t.message.is_empty() { String::new() } else { format!(" ({})", t.message) }
+                if t.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", t.message)
+                }
             ));
         }
         if let Some(wi) = &status.workload_identity {

@@ -90,7 +90,9 @@ pub fn remembered_ports(svc: &k8s_openapi::api::core::v1::Service) -> BTreeMap<S
 
 /// Whether the Deployment runs its current template everywhere: observed, fully updated, available.
 pub fn rolled_out(d: &Deployment) -> bool {
-    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else {
+        return false;
+    };
     let want = spec.replicas.unwrap_or(1);
     status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
         && status.updated_replicas.unwrap_or(0) >= want
@@ -128,7 +130,15 @@ pub fn plan(input: Input<'_>) -> Plan {
         // Keep what is already in place: withdrawing protection because of a typo would
         // expose the app. The status says what to fix.
         let msg = validation.join("; ");
-        let status = status(policy, &targets, 0, None, (false, reason::INVALID, &msg), (false, reason::INVALID, &msg), now);
+        let status = status(
+            policy,
+            &targets,
+            0,
+            None,
+            (false, reason::INVALID, &msg),
+            (false, reason::INVALID, &msg),
+            now,
+        );
         out.status = changed(policy, status);
         return out;
     }
@@ -164,7 +174,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         }
     }
 
-    for (dkey, _) in &owned {
+    for dkey in owned.keys() {
         for r in render::secret_refs(policy) {
             out.touched.secrets.insert(ObjKey::new(&dkey.namespace, r.name));
         }
@@ -205,9 +215,16 @@ pub fn plan(input: Input<'_>) -> Plan {
             by_service.entry(b.service.clone()).or_default().push(dkey);
         }
     }
+    // A Service already switched stays switched while a Deployment behind it rolls out again
+    // (a policy edit, a new Deployment): its pods without the sidecar port simply get no
+    // traffic until they have it. Switching back and forth would open the app meanwhile.
+    let already: BTreeSet<&ObjKey> = patched.services.iter().map(|(k, _)| k).collect();
     let switchable: BTreeSet<ObjKey> = by_service
         .iter()
-        .filter(|(_, ds)| ds.iter().all(|d| owned.contains_key(*d) && ready_workloads.contains(*d)))
+        .filter(|(s, ds)| {
+            ds.iter()
+                .all(|d| owned.contains_key(*d) && (already.contains(s) || ready_workloads.contains(*d)))
+        })
         .map(|(s, _)| s.clone())
         .collect();
     let service_patches = render::service_patches(policy, owned.values());
@@ -216,18 +233,28 @@ pub fn plan(input: Input<'_>) -> Plan {
         if !switchable.contains(&skey) {
             continue;
         }
-        let live = cache.service(&skey).map(|s| serde_json::to_value(s.as_ref()).expect("service serializes"));
+        let live = cache
+            .service(&skey)
+            .map(|s| serde_json::to_value(s.as_ref()).expect("service serializes"));
         if !live.is_some_and(|l| merge::contains(&l, &patch)) {
-            out.service_applies.push(Apply { key: skey.clone(), body: patch });
+            out.service_applies.push(Apply {
+                key: skey.clone(),
+                body: patch,
+            });
         }
         protected_services.insert(skey);
     }
 
     for t in targets.iter_mut() {
-        let (Some(svc), Some(_)) = (&t.service, &t.deployment) else { continue };
+        let (Some(svc), Some(dep)) = (&t.service, &t.deployment) else {
+            continue;
+        };
         if t.state == TargetState::Pending {
-            let svc_key = svc.split_once('/').map(|(n, s)| ObjKey::new(n, s));
-            if svc_key.is_some_and(|k| protected_services.contains(&k)) {
+            let Some(svc_key) = svc.split_once('/').map(|(n, s)| ObjKey::new(n, s)) else {
+                continue;
+            };
+            let dkey = ObjKey::new(&svc_key.namespace, dep);
+            if protected_services.contains(&svc_key) && ready_workloads.contains(&dkey) {
                 t.state = TargetState::Protected;
             } else {
                 t.message = "waiting for the Deployment to roll out with the sidecar before switching the Service".into();
@@ -263,10 +290,7 @@ pub fn plan(input: Input<'_>) -> Plan {
 
     let protected = owned
         .keys()
-        .filter(|d| {
-            ready_workloads.contains(*d)
-                && owned[*d].bindings.iter().all(|b| protected_services.contains(&b.service))
-        })
+        .filter(|d| ready_workloads.contains(*d) && owned[*d].bindings.iter().all(|b| protected_services.contains(&b.service)))
         .count();
     let subjects = policy.spec.provider.workload_identity.as_ref().map(|wi| WorkloadIdentityStatus {
         subjects: owned
@@ -284,9 +308,17 @@ pub fn plan(input: Input<'_>) -> Plan {
         let msg = format!("Deployment {d} is already protected by AuthPolicy {w} (the oldest policy wins)");
         (false, reason::CONFLICTED, msg)
     } else if owned.is_empty() && targets.iter().any(|t| t.state == TargetState::RefNotPermitted) {
-        (false, reason::REF_NOT_PERMITTED, first_message(&targets, TargetState::RefNotPermitted))
+        (
+            false,
+            reason::REF_NOT_PERMITTED,
+            first_message(&targets, TargetState::RefNotPermitted),
+        )
     } else if owned.is_empty() {
-        let msg = targets.iter().find(|t| !t.message.is_empty()).map(|t| t.message.clone()).unwrap_or_else(|| "no target found".into());
+        let msg = targets
+            .iter()
+            .find(|t| !t.message.is_empty())
+            .map(|t| t.message.clone())
+            .unwrap_or_else(|| "no target found".into());
         (false, reason::TARGET_NOT_FOUND, msg)
     } else {
         (true, reason::ACCEPTED, format!("protecting {} Deployment(s)", owned.len()))
@@ -296,13 +328,24 @@ pub fn plan(input: Input<'_>) -> Plan {
         (false, accepted.1, accepted.2.clone())
     } else if all_protected {
         (true, reason::READY, "every target is protected".to_string())
-    } else if let Some(t) = targets.iter().find(|t| !matches!(t.state, TargetState::Protected | TargetState::Pending)) {
+    } else if let Some(t) = targets
+        .iter()
+        .find(|t| !matches!(t.state, TargetState::Protected | TargetState::Pending))
+    {
         (false, reason::TARGETS_NOT_READY, t.message.clone())
     } else {
-        (false, reason::ROLLOUT_PENDING, "waiting for Deployments to roll out with the sidecar".to_string())
+        (
+            false,
+            reason::ROLLOUT_PENDING,
+            "waiting for Deployments to roll out with the sidecar".to_string(),
+        )
     };
     if !conflicts.is_empty() {
-        let note = conflicts.iter().map(|(d, w)| format!("{d} (protected by {w})")).collect::<Vec<_>>().join(", ");
+        let note = conflicts
+            .iter()
+            .map(|(d, w)| format!("{d} (protected by {w})"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let was = policy
             .status
             .as_ref()
@@ -329,7 +372,11 @@ pub fn plan(input: Input<'_>) -> Plan {
 }
 
 fn first_message(targets: &[crate::api::TargetStatus], state: TargetState) -> String {
-    targets.iter().find(|t| t.state == state).map(|t| t.message.clone()).unwrap_or_default()
+    targets
+        .iter()
+        .find(|t| t.state == state)
+        .map(|t| t.message.clone())
+        .unwrap_or_default()
 }
 
 fn condition(policy: &AuthPolicy, type_: &str, (ok, reason, message): (bool, &str, &str), now: jiff::Timestamp) -> Condition {

@@ -235,7 +235,10 @@ async fn publish(policy: &AuthPolicy, ctx: &Context, warning: bool, reason: &str
 async fn release_deployment(dkey: &ObjKey, ctx: &Context) -> Result<(), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &dkey.namespace);
     let body = render::release_patch("apps/v1", "Deployment", dkey);
-    match api.patch(&dkey.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+    match api
+        .patch(&dkey.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+    {
         Ok(_) => {}
         // Already gone: nothing left to release.
         Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -332,7 +335,14 @@ async fn cleanup(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     if !patched.deployments.is_empty() {
         let names: Vec<String> = patched.deployments.iter().map(|d| d.to_string()).collect();
-        publish(policy, ctx, false, "Removed", &format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", "))).await;
+        publish(
+            policy,
+            ctx,
+            false,
+            "Removed",
+            &format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
+        )
+        .await;
     }
     let finalizers: Vec<&String> = policy.finalizers().iter().filter(|f| *f != FINALIZER).collect();
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": policy.resource_version()}});

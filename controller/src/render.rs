@@ -293,7 +293,11 @@ pub fn deployment_patch(policy: &AuthPolicy, w: &Workload, hostnames: &[String],
 fn config_hash(pod_spec: &Value, policy: &AuthPolicy, namespace: &str, cache: &dyn Cache) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(pod_spec).expect("json serializes"));
-    for r in secret_refs(policy) {
+    // The generated cookie secret is ours and never rotates under us; hashing it would roll
+    // the pods a second time right after it is created.
+    let generated = generated_cookie_secret_name(policy);
+    let user_owned = policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_some();
+    for r in secret_refs(policy).into_iter().filter(|r| user_owned || r.name != generated) {
         let digest = cache.secret_digest(&ObjKey::new(namespace, &r.name)).unwrap_or_default();
         h.update(format!("\0{}\0{}\0{digest}", r.name, r.key));
     }
@@ -343,7 +347,10 @@ pub fn service_restore_patch(key: &ObjKey, originals: &BTreeMap<String, String>)
         .filter_map(|(k, target)| {
             let (port, proto) = k.split_once('/')?;
             let port: i32 = port.parse().ok()?;
-            let target = target.parse::<i32>().map(Value::from).unwrap_or_else(|_| Value::from(target.clone()));
+            let target = target
+                .parse::<i32>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(target.clone()));
             Some(json!({"port": port, "protocol": proto, "targetPort": target}))
         })
         .collect();

@@ -105,7 +105,10 @@ impl Resolver<'_> {
                 None,
                 None,
                 TargetState::Unsupported,
-                format!("targetRef {group}/{kind} {}: only HTTPRoute and Service targets are supported", tref.name),
+                format!(
+                    "targetRef {group}/{kind} {}: only HTTPRoute and Service targets are supported",
+                    tref.name
+                ),
             )),
         }
     }
@@ -120,7 +123,12 @@ impl Resolver<'_> {
             return;
         }
         let Some(route) = self.cache.route(&key) else {
-            self.out.targets.push(target(Some(&label), None, TargetState::NotFound, format!("HTTPRoute {key} not found")));
+            self.out.targets.push(target(
+                Some(&label),
+                None,
+                TargetState::NotFound,
+                format!("HTTPRoute {key} not found"),
+            ));
             return;
         };
         self.out.hostnames.extend(route.spec.hostnames.iter().cloned());
@@ -151,14 +159,27 @@ impl Resolver<'_> {
             }
             let svc_ns = backend.namespace.as_deref().unwrap_or(self.ns);
             let svc_key = ObjKey::new(svc_ns, &backend.name);
-            if svc_ns != self.ns && !self.cache.grants_in(svc_ns).iter().any(|g| g.permits_route_to_service(self.ns, &backend.name)) {
-                let msg = format!("no ReferenceGrant in namespace {svc_ns} lets HTTPRoutes from {} reference Service {}", self.ns, backend.name);
-                self.out.targets.push(target(Some(&label), Some(&svc_key), TargetState::RefNotPermitted, msg));
+            if svc_ns != self.ns
+                && !self
+                    .cache
+                    .grants_in(svc_ns)
+                    .iter()
+                    .any(|g| g.permits_route_to_service(self.ns, &backend.name))
+            {
+                let msg = format!(
+                    "no ReferenceGrant in namespace {svc_ns} lets HTTPRoutes from {} reference Service {}",
+                    self.ns, backend.name
+                );
+                self.out
+                    .targets
+                    .push(target(Some(&label), Some(&svc_key), TargetState::RefNotPermitted, msg));
                 continue;
             }
             let Some(port) = backend.port else {
                 let msg = format!("backendRef to Service {svc_key} has no port");
-                self.out.targets.push(target(Some(&label), Some(&svc_key), TargetState::NotFound, msg));
+                self.out
+                    .targets
+                    .push(target(Some(&label), Some(&svc_key), TargetState::NotFound, msg));
                 continue;
             };
             self.service(Some(&label), &svc_key, PortSelector::Number(port));
@@ -168,13 +189,20 @@ impl Resolver<'_> {
     fn service(&mut self, route: Option<&str>, key: &ObjKey, ports: PortSelector<'_>) {
         self.out.touched.services.insert(key.clone());
         let Some(svc) = self.cache.service(key) else {
-            self.out.targets.push(target(route, Some(key), TargetState::NotFound, format!("Service {key} not found")));
+            self.out
+                .targets
+                .push(target(route, Some(key), TargetState::NotFound, format!("Service {key} not found")));
             return;
         };
         let spec = svc.spec.clone().unwrap_or_default();
         let selected: Vec<&ServicePort> = spec.ports.iter().flatten().filter(|p| ports.matches(p)).collect();
         if selected.is_empty() {
-            self.out.targets.push(target(route, Some(key), TargetState::NotFound, format!("Service {key} has no port {ports}")));
+            self.out.targets.push(target(
+                route,
+                Some(key),
+                TargetState::NotFound,
+                format!("Service {key} has no port {ports}"),
+            ));
             return;
         }
         let selector = spec.selector.unwrap_or_default();
@@ -190,7 +218,10 @@ impl Resolver<'_> {
             .filter(|d| template_matches(d, &selector))
             .collect();
         if deployments.is_empty() {
-            let msg = format!("no Deployment in {} has pod labels matching Service {}'s selector", key.namespace, key.name);
+            let msg = format!(
+                "no Deployment in {} has pod labels matching Service {}'s selector",
+                key.namespace, key.name
+            );
             self.out.targets.push(target(route, Some(key), TargetState::NotFound, msg));
             return;
         }

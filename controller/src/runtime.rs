@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Controller;
@@ -93,7 +93,10 @@ fn digest_secret(s: &mut Secret) {
         h.update([0]);
     }
     let digest: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    s.data = Some(BTreeMap::from([(DIGEST_KEY.to_string(), k8s_openapi::ByteString(digest.into_bytes()))]));
+    s.data = Some(BTreeMap::from([(
+        DIGEST_KEY.to_string(),
+        k8s_openapi::ByteString(digest.into_bytes()),
+    )]));
     s.string_data = None;
     s.metadata.managed_fields = None;
 }
@@ -140,19 +143,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if settings.leader_election {
         leader::acquire(&client, &settings.lease_namespace, &settings.identity).await?;
-        tokio::spawn(leader::renew(client.clone(), settings.lease_namespace.clone(), settings.identity.clone()));
+        tokio::spawn(leader::renew(
+            client.clone(),
+            settings.lease_namespace.clone(),
+            settings.identity.clone(),
+        ));
     }
 
     let routes_api: Api<HTTPRoute> = Api::all(client.clone());
     let routes_installed = match routes_api.list(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => {
-            tracing::warn!("the HTTPRoute CRD (Gateway API) is not installed: serving Service targets only; restart the controller after installing Gateway API");
+            tracing::warn!(
+                "the HTTPRoute CRD (Gateway API) is not installed: serving Service targets only; restart the controller after installing Gateway API"
+            );
             false
         }
         Err(e) => return Err(e.into()),
     };
-    let grants_installed = routes_installed && Api::<ReferenceGrant>::all(client.clone()).list(&ListParams::default().limit(1)).await.is_ok();
+    let grants_installed = routes_installed
+        && Api::<ReferenceGrant>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+            .is_ok();
 
     let wc = watcher::Config::default();
     let (policies, pw) = reflector::store();
@@ -165,9 +178,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let policy_stream = reflector::reflector(pw, watcher(Api::<AuthPolicy>::all(client.clone()), wc.clone()))
         .default_backoff()
         .touched_objects();
-    let service_stream = reflector::reflector(sw, watcher(Api::<Service>::all(client.clone()), wc.clone()).modify(|s| s.metadata.managed_fields = None))
-        .default_backoff()
-        .touched_objects();
+    let service_stream = reflector::reflector(
+        sw,
+        watcher(Api::<Service>::all(client.clone()), wc.clone()).modify(|s| s.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
     let deployment_stream = reflector::reflector(
         dw,
         watcher(Api::<Deployment>::all(client.clone()), wc.clone()).modify(|d| d.metadata.managed_fields = None),
@@ -191,7 +207,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         proxy_image: settings.proxy_image.clone(),
         mode,
     };
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(cache.clone()), opts, metrics.clone(), index.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(cache.clone()),
+        opts,
+        metrics.clone(),
+        index.clone(),
+    ));
 
     let mut controller = Controller::for_stream(policy_stream, policies.clone())
         .watches_stream(service_stream, {
@@ -239,7 +261,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let (p, s, d, x) = (policies.clone(), services.clone(), deployments.clone(), secrets.clone());
         let ready = ready.clone();
         async move {
-            let _ = tokio::join!(p.wait_until_ready(), s.wait_until_ready(), d.wait_until_ready(), x.wait_until_ready());
+            let _ = tokio::join!(
+                p.wait_until_ready(),
+                s.wait_until_ready(),
+                d.wait_until_ready(),
+                x.wait_until_ready()
+            );
             ready.store(true, Ordering::Relaxed);
             tracing::info!("caches synced; reconciling");
         }
@@ -268,7 +295,11 @@ fn to_refs(keys: Vec<ObjKey>) -> Vec<ObjectRef<AuthPolicy>> {
 
 fn selects(s: &Service, d: &Deployment) -> bool {
     let selector = s.spec.as_ref().and_then(|s| s.selector.as_ref());
-    let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+    let labels = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
     match (selector, labels) {
         (Some(sel), Some(l)) if !sel.is_empty() => sel.iter().all(|(k, v)| l.get(k) == Some(v)),
         _ => false,
@@ -306,7 +337,14 @@ async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<Atomic
                     "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".to_string()),
                     _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                 };
-                async move { Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(bytes::Bytes::from(body))).expect("response")) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(bytes::Bytes::from(body)))
+                            .expect("response"),
+                    )
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -414,13 +452,13 @@ pub mod leader {
     /// Hands over at once on a clean shutdown instead of making the other replica wait out the lease.
     pub async fn release(client: &Client, ns: &str, me: &str) {
         let api: Api<Lease> = Api::namespaced(client.clone(), ns);
-        if let Ok(Some(mut l)) = api.get_opt(LEASE_NAME).await {
-            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me) {
-                let s = l.spec.get_or_insert_with(Default::default);
-                s.holder_identity = None;
-                s.lease_duration_seconds = Some(1);
-                let _ = api.replace(LEASE_NAME, &PostParams::default(), &l).await;
-            }
+        if let Ok(Some(mut l)) = api.get_opt(LEASE_NAME).await
+            && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me)
+        {
+            let s = l.spec.get_or_insert_with(Default::default);
+            s.holder_identity = None;
+            s.lease_duration_seconds = Some(1);
+            let _ = api.replace(LEASE_NAME, &PostParams::default(), &l).await;
         }
     }
 }

@@ -12,8 +12,17 @@ pub fn validate(policy: &AuthPolicy) -> Vec<String> {
     let regexes = spec
         .skip_auth
         .iter()
-        .flat_map(|s| s.routes.iter().enumerate().map(|(i, r)| (format!("skipAuth.routes[{i}].path"), &r.path)))
-        .chain(spec.api.iter().flat_map(|a| a.paths.iter().enumerate().map(|(i, p)| (format!("api.paths[{i}]"), p))));
+        .flat_map(|s| {
+            s.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("skipAuth.routes[{i}].path"), &r.path))
+        })
+        .chain(
+            spec.api
+                .iter()
+                .flat_map(|a| a.paths.iter().enumerate().map(|(i, p)| (format!("api.paths[{i}]"), p))),
+        );
     for (field, re) in regexes {
         if let Err(e) = regex::Regex::new(re) {
             let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
@@ -46,7 +55,8 @@ pub fn validate(policy: &AuthPolicy) -> Vec<String> {
         && entra_tenant(&spec.provider.issuer_url).is_none_or(|t| t == "common" || t == "organizations" || t == "consumers")
     {
         errors.push(
-            "provider.issuerURL: workload identity needs the tenant in the issuer (https://login.microsoftonline.com/<tenant-id>/v2.0)".into(),
+            "provider.issuerURL: workload identity needs the tenant in the issuer (https://login.microsoftonline.com/<tenant-id>/v2.0)"
+                .into(),
         );
     }
     errors

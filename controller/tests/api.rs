@@ -15,7 +15,11 @@ fn committed_crd_is_current() {
     if std::env::var_os("SIDEKEY_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &want).unwrap();
     }
-    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), want, "crds/ is stale: run `make crds`");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap_or_default(),
+        want,
+        "crds/ is stale: run `make crds`"
+    );
 }
 
 fn policy(spec: Value) -> Value {
@@ -41,7 +45,11 @@ fn cel_errors(spec: Value) -> String {
 
 fn with(mut spec: Value, pointer: &str, value: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
-    let target = if parent.is_empty() { &mut spec } else { spec.pointer_mut(parent).unwrap() };
+    let target = if parent.is_empty() {
+        &mut spec
+    } else {
+        spec.pointer_mut(parent).unwrap()
+    };
     if value.is_null() {
         target.as_object_mut().unwrap().remove(key);
     } else {
@@ -54,20 +62,67 @@ fn with(mut spec: Value, pointer: &str, value: Value) -> Value {
 fn cel_rules_accept_a_good_policy_and_explain_each_rejection() {
     assert_eq!(cel_errors(good_spec()), "");
     let cases = [
-        (with(good_spec(), "/provider/clientSecretRef", json!({"name": "s", "key": "k"})), "exactly one of provider.workloadIdentity"),
-        (with(good_spec(), "/provider/workloadIdentity", Value::Null), "exactly one of provider.workloadIdentity"),
-        (with(good_spec(), "/provider/issuerURL", json!("http://login.example.com/t")), "issuerURL must be an https:// URL"),
-        (with(good_spec(), "/provider/issuerURL", json!("not a url")), "issuerURL must be an https:// URL"),
-        (with(good_spec(), "/provider/workloadIdentity", json!({"expirationSeconds": 300})), "between 600"),
-        (with(good_spec(), "/access", json!({"emailDomains": [], "allowedEmails": [], "allowedGroups": []})), "at least one rule"),
-        (with(good_spec(), "/session", json!({"expire": "7 days"})), "session.expire must be a duration"),
-        (with(good_spec(), "/session", json!({"refresh": "1d"})), "session.refresh must be a duration"),
-        (with(good_spec(), "/session", json!({"store": {"type": "redis"}})), "needs session.store.redis.urlSecretRef"),
-        (with(good_spec(), "/targetRefs", json!([{"group": "apps", "kind": "Deployment", "name": "x"}])), "targetRefs[] must be"),
-        (with(good_spec(), "/redirectURL", json!("javascript:alert(1)")), "redirectURL must be"),
+        (
+            with(good_spec(), "/provider/clientSecretRef", json!({"name": "s", "key": "k"})),
+            "exactly one of provider.workloadIdentity",
+        ),
+        (
+            with(good_spec(), "/provider/workloadIdentity", Value::Null),
+            "exactly one of provider.workloadIdentity",
+        ),
+        (
+            with(good_spec(), "/provider/issuerURL", json!("http://login.example.com/t")),
+            "issuerURL must be an https:// URL",
+        ),
+        (
+            with(good_spec(), "/provider/issuerURL", json!("not a url")),
+            "issuerURL must be an https:// URL",
+        ),
+        (
+            with(good_spec(), "/provider/workloadIdentity", json!({"expirationSeconds": 300})),
+            "between 600",
+        ),
+        (
+            with(
+                good_spec(),
+                "/access",
+                json!({"emailDomains": [], "allowedEmails": [], "allowedGroups": []}),
+            ),
+            "at least one rule",
+        ),
+        (
+            with(good_spec(), "/session", json!({"expire": "7 days"})),
+            "session.expire must be a duration",
+        ),
+        (
+            with(good_spec(), "/session", json!({"refresh": "1d"})),
+            "session.refresh must be a duration",
+        ),
+        (
+            with(good_spec(), "/session", json!({"store": {"type": "redis"}})),
+            "needs session.store.redis.urlSecretRef",
+        ),
+        (
+            with(
+                good_spec(),
+                "/targetRefs",
+                json!([{"group": "apps", "kind": "Deployment", "name": "x"}]),
+            ),
+            "targetRefs[] must be",
+        ),
+        (
+            with(good_spec(), "/redirectURL", json!("javascript:alert(1)")),
+            "redirectURL must be",
+        ),
         (with(good_spec(), "/sidecar", json!({"port": 80})), "between 1024 and 65535"),
-        (with(good_spec(), "/sidecar", json!({"extraArgs": ["oops"]})), "extraArgs entries must be flags"),
-        (with(good_spec(), "/skipAuth", json!({"routes": [{"path": "^/x", "methods": ["get"]}]})), "upper-case HTTP methods"),
+        (
+            with(good_spec(), "/sidecar", json!({"extraArgs": ["oops"]})),
+            "extraArgs entries must be flags",
+        ),
+        (
+            with(good_spec(), "/skipAuth", json!({"routes": [{"path": "^/x", "methods": ["get"]}]})),
+            "upper-case HTTP methods",
+        ),
     ];
     for (spec, want) in cases {
         let got = cel_errors(spec.clone());
@@ -75,9 +130,16 @@ fn cel_rules_accept_a_good_policy_and_explain_each_rejection() {
     }
     // http is fine for a loopback issuer (tests, demos), and durations in Go syntax parse.
     let local = with(good_spec(), "/provider/issuerURL", json!("http://127.0.0.1:9000/"));
-    let local = with(with(local, "/provider/type", json!("oidc")), "/provider/workloadIdentity", Value::Null);
+    let local = with(
+        with(local, "/provider/type", json!("oidc")),
+        "/provider/workloadIdentity",
+        Value::Null,
+    );
     let local = with(local, "/provider/clientSecretRef", json!({"name": "s", "key": "k"}));
-    assert_eq!(cel_errors(with(local, "/session", json!({"expire": "1h30m", "refresh": "90s"}))), "");
+    assert_eq!(
+        cel_errors(with(local, "/session", json!({"expire": "1h30m", "refresh": "90s"}))),
+        ""
+    );
     let wi_on_oidc = with(good_spec(), "/provider/type", json!("oidc"));
     assert!(cel_errors(wi_on_oidc).contains("needs provider.type: entra-id"));
 }

@@ -15,7 +15,11 @@ pub fn opts(mode: SidecarMode) -> RenderOptions {
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     cases.sort();
     cases
 }
@@ -39,7 +43,11 @@ fn golden_outputs_are_current() {
             stale.push(format!("{}\n--- got:\n{yaml}", golden.display()));
         }
     }
-    assert!(stale.is_empty(), "golden files differ (SIDEKEY_UPDATE_GOLDEN=1 to accept):\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "golden files differ (SIDEKEY_UPDATE_GOLDEN=1 to accept):\n{}",
+        stale.join("\n")
+    );
 }
 
 fn render_case(name: &str) -> Vec<offline::Rendered> {
@@ -55,7 +63,14 @@ fn targets(r: &offline::Rendered) -> Vec<String> {
         .unwrap()
         .targets
         .iter()
-        .map(|t| format!("{}:{}:{:?}", t.service.clone().unwrap_or_default(), t.deployment.clone().unwrap_or_default(), t.state))
+        .map(|t| {
+            format!(
+                "{}:{}:{:?}",
+                t.service.clone().unwrap_or_default(),
+                t.deployment.clone().unwrap_or_default(),
+                t.state
+            )
+        })
         .collect()
 }
 
@@ -64,22 +79,58 @@ fn multi_protects_every_deployment_behind_the_routes_and_leaves_others_alone() {
     let r = render_case("multi");
     let names: Vec<String> = r[0].plan.deployment_applies.iter().map(|a| a.key.to_string()).collect();
     assert_eq!(names, ["shop/admin", "shop/api-blue", "shop/api-green", "shop/web"]);
-    let web = &r[0].objects.iter().find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "web").unwrap()["spec"]["template"]["spec"];
-    let inits: Vec<&str> = web["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(inits, ["migrate", "sidekey-proxy"], "existing init containers kept, sidecar appended");
-    let vols: Vec<&str> = web["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(vols, ["azure-identity-token", "sidekey-token"], "the Azure webhook's volume is not ours and stays");
+    let web = &r[0]
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "web")
+        .unwrap()["spec"]["template"]["spec"];
+    let inits: Vec<&str> = web["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inits,
+        ["migrate", "sidekey-proxy"],
+        "existing init containers kept, sidecar appended"
+    );
+    let vols: Vec<&str> = web["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        vols,
+        ["azure-identity-token", "sidekey-token"],
+        "the Azure webhook's volume is not ours and stays"
+    );
     let args = web["initContainers"][1]["args"].as_array().unwrap();
-    assert!(args.iter().any(|a| a == "--upstream=http://127.0.0.1:8080/"), "named port http resolved to 8080");
+    assert!(
+        args.iter().any(|a| a == "--upstream=http://127.0.0.1:8080/"),
+        "named port http resolved to 8080"
+    );
     let services: Vec<String> = r[0].plan.service_applies.iter().map(|a| a.key.to_string()).collect();
     assert_eq!(services, ["shop/admin", "shop/api", "shop/web"]);
-    let web_svc = r[0].objects.iter().find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "web").unwrap();
-    assert_eq!(web_svc["spec"]["ports"][1]["targetPort"], 9100, "the unrouted metrics port is not retargeted");
+    let web_svc = r[0]
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web_svc["spec"]["ports"][1]["targetPort"], 9100,
+        "the unrouted metrics port is not retargeted"
+    );
     assert!(r[0].objects.iter().all(|o| o["metadata"]["name"] != "worker"));
     let wi = r[0].plan.status.as_ref().unwrap().workload_identity.clone().unwrap();
     assert_eq!(
         wi.subjects,
-        ["system:serviceaccount:shop:api", "system:serviceaccount:shop:default", "system:serviceaccount:shop:web"]
+        [
+            "system:serviceaccount:shop:api",
+            "system:serviceaccount:shop:default",
+            "system:serviceaccount:shop:web"
+        ]
     );
 }
 
@@ -100,7 +151,16 @@ fn conflict_oldest_policy_wins() {
 fn cross_namespace_needs_a_reference_grant() {
     let r = render_case("cross-namespace");
     assert_eq!(targets(&r[0]), ["backend/portal:portal:Protected", "other/legacy::RefNotPermitted"]);
-    let ready = r[0].plan.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().clone();
+    let ready = r[0]
+        .plan
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "TargetsNotReady"));
 }
 
@@ -113,12 +173,12 @@ fn render_errors_name_the_file_object_and_field() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  targetRefs: [{kind: Service, name: s}]\n  provider: {type: oidc, issuerURL: https://i, clientSecretRef: {name: s, key: k}}\n  access: {emailDomains: [x]}\n",
     )
     .unwrap();
-    let err = Input::read(&[file.clone()]).err().unwrap().to_string();
+    let err = Input::read(std::slice::from_ref(&file)).err().unwrap().to_string();
     assert!(err.contains("bad.yaml: document 2 (AuthPolicy a/p): spec.provider"), "{err}");
     assert!(err.contains("clientID"), "{err}");
 
     std::fs::write(&file, "kind: [unclosed\n").unwrap();
-    let err = Input::read(&[file.clone()]).err().unwrap().to_string();
+    let err = Input::read(std::slice::from_ref(&file)).err().unwrap().to_string();
     assert!(err.contains("bad.yaml: not valid YAML"), "{err}");
 
     std::fs::write(
