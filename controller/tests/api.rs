@@ -162,7 +162,10 @@ fn crd_schema_has_printer_columns_short_name_and_policy_label() {
     }
 }
 
-fn sidecar_args_and_env(case: &str) -> Vec<(String, Vec<String>, Vec<(String, String)>)> {
+/// (what, argv, environment) of each rendered sidecar.
+type Invocation = (String, Vec<String>, Vec<(String, String)>);
+
+fn sidecar_args_and_env(case: &str) -> Vec<Invocation> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
     let input = Input::read(&[dir.join("input.yaml")]).unwrap();
     let opts = RenderOptions {
