@@ -3,19 +3,20 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs clean
+.PHONY: demo test setup fmt fmt-check lint unit build docs crds validate clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
 demo:
 	@SIDEKEY_NEEDS_BROWSER=0 tests/setup.sh
-	$(CARGO) build -p sidekey-proxy
+	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	@scripts/demo.sh
 
 ## test: installs the test peers, then fmt, clippy and every test
 test: setup fmt-check lint
-	$(CARGO) build -p sidekey-proxy
+	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	scripts/demo.sh --smoke
 	$(CARGO) test --workspace --all-targets
+	tests/k8s/validate.sh
 
 setup:
 	@tests/setup.sh
@@ -35,6 +36,15 @@ lint:
 ## docs: regenerate docs/configuration.md from the option table
 docs:
 	SIDEKEY_UPDATE_DOCS=1 $(CARGO) test -p sidekey-proxy --lib config::tests::configuration_doc_is_current
+
+## crds: regenerate crds/ and the controller's golden render outputs from the Rust types
+crds:
+	$(CARGO) run -q -p sidekey-controller --bin crdgen > crds/sidekey.dev_authpolicies.yaml
+	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test render
+
+## validate: every rendered object against the official Kubernetes and Gateway API schemas
+validate: setup
+	tests/k8s/validate.sh
 
 clean:
 	$(CARGO) clean

@@ -25,6 +25,12 @@ first_line() { # waits for a background process's first stdout line
   head -n1 "$file"
 }
 
+# The controller's offline render: what `kubectl apply` of an AuthPolicy does to an app.
+controller_bin="${CARGO_TARGET_DIR:-target}/debug/sidekey-controller"
+"$controller_bin" render -f manifests/examples/hello-entra.yaml >"$work/rendered.yaml"
+grep -q 'restartPolicy: Always' "$work/rendered.yaml" || { echo "demo: render produced no native sidecar" >&2; exit 1; }
+cp "$work/rendered.yaml" "${TMPDIR:-/tmp}/sidekey-demo-rendered.yaml"
+
 callback="http://127.0.0.1:${port}/oauth2/callback"
 node tests/idp/server.mjs "{\"clients\":[{\"client_id\":\"demo\",\"client_secret\":\"demo-secret\",\"redirect_uris\":[\"${callback}\"]}]}" >"$work/idp.out" 2>"$work/idp.err" &
 pids+=($!)
@@ -48,7 +54,7 @@ ready || { echo "demo: proxy did not become ready"; cat "$work/proxy.log"; exit 
 
 if [ "$smoke" = 1 ]; then
   node tests/browser/login.mjs "http://127.0.0.1:${port}/" alice alice-password "Hello, alice" || { cat "$work/proxy.log"; exit 1; }
-  echo "demo smoke test: browser signed in through sidekey-proxy"
+  echo "demo smoke test: browser signed in through sidekey-proxy; controller render ok"
   exit 0
 fi
 
@@ -62,6 +68,10 @@ cat <<MSG
     OpenID provider:  ${issuer}   (oidc-provider, in memory)
     Demo app:         http://127.0.0.1:${app_port}/   (shows the identity headers it receives)
     Proxy log:        below
+
+  The controller, offline: sidekey-controller render -f manifests/examples/hello-entra.yaml
+$(grep '^#' "$work/rendered.yaml" | sed 's/^#/   /')
+    Patched Deployment and Service: ${TMPDIR:-/tmp}/sidekey-demo-rendered.yaml
 
 MSG
 tail -f "$work/proxy.log" &

@@ -29,3 +29,12 @@ if [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -
   echo "setup: npm ci in tests/"
   (cd tests && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Python tools in a project-local virtualenv: kubernetes-validate (official schemas for
+# Kubernetes 1.25-1.37), pinned in tests/k8s/requirements.txt.
+if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ tests/k8s/requirements.txt -nt .tools/venv/.installed ]; then
+  echo "setup: pip install -r tests/k8s/requirements.txt into .tools/venv"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check -r tests/k8s/requirements.txt
+  touch .tools/venv/.installed
+fi
