@@ -122,7 +122,7 @@ pub fn sidecar_mode(setting: &str, version: Option<(u32, u32)>) -> SidecarMode {
     }
 }
 
-fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<(u32, u32)> {
+pub fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<(u32, u32)> {
     let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
     Some((digits(&info.major)?, digits(&info.minor)?))
 }
@@ -224,13 +224,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let index = index.clone();
             let services = services.clone();
             move |d: Deployment| {
-                let key = ObjKey::of(&d);
-                let selecting: Vec<ObjKey> = services
-                    .state_filter(|s| s.namespace() == d.namespace() && selects(s, &d))
-                    .iter()
-                    .map(|s| ObjKey::of(s.as_ref()))
-                    .collect();
-                to_refs(index.policies_touching(|t| t.deployments.contains(&key) || selecting.iter().any(|s| t.services.contains(s))))
+                let same_ns = services.state_filter(|s| s.namespace() == d.namespace());
+                to_refs(policies_for_deployment(&index, &same_ns, &d))
             }
         })
         .watches_stream(secret_stream, {
@@ -287,6 +282,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The policies a Deployment change concerns: those that resolved to it last time, and those
+/// that look at a Service now selecting it (a new Deployment, or changed pod labels).
+pub fn policies_for_deployment(index: &Index, services: &[Arc<Service>], d: &Deployment) -> Vec<ObjKey> {
+    let key = ObjKey::of(d);
+    let selecting: Vec<ObjKey> = services.iter().filter(|s| selects(s, d)).map(|s| ObjKey::of(s.as_ref())).collect();
+    let mut out = index.policies_touching(|t| t.deployments.contains(&key) || selecting.iter().any(|s| t.services.contains(s)));
+    out.sort();
+    out
 }
 
 fn to_refs(keys: Vec<ObjKey>) -> Vec<ObjectRef<AuthPolicy>> {

@@ -1,0 +1,196 @@
+//! Runtime pieces that decide behaviour: sidecar mode by server version, watch-event mapping,
+//! leader election against a scenario-checked mock API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::client::Body;
+use serde_json::{Value, json};
+use sidekey_controller::api::AuthPolicy;
+use sidekey_controller::cache::{ObjKey, Snapshot};
+use sidekey_controller::reconcile::Index;
+use sidekey_controller::render::SidecarMode;
+use sidekey_controller::resolve::{self, Touched};
+use sidekey_controller::runtime::{leader, parse_version, policies_for_deployment, sidecar_mode};
+
+#[test]
+fn sidecar_mode_follows_the_server_version() {
+    let info = |major: &str, minor: &str| k8s_openapi::apimachinery::pkg::version::Info {
+        major: major.into(),
+        minor: minor.into(),
+        ..Default::default()
+    };
+    assert_eq!(parse_version(&info("1", "28+")), Some((1, 28)), "EKS/GKE minors carry a +");
+    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "28+"))), SidecarMode::Regular);
+    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "29"))), SidecarMode::Native);
+    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "37"))), SidecarMode::Native);
+    assert_eq!(
+        sidecar_mode("auto", None),
+        SidecarMode::Native,
+        "unknown version: the supported default"
+    );
+    assert_eq!(sidecar_mode("regular", Some((1, 33))), SidecarMode::Regular);
+    assert_eq!(sidecar_mode("native", Some((1, 27))), SidecarMode::Native);
+}
+
+fn svc(name: &str, app: &str) -> Arc<Service> {
+    Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "apps"}, "spec": {"selector": {"app": app}, "ports": [{"port": 80}]}}),
+        )
+        .unwrap(),
+    )
+}
+
+fn dep(name: &str, app: &str) -> Deployment {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "apps"}, "spec": {"selector": {}, "template": {"metadata": {"labels": {"app": app}}}}}))
+        .unwrap()
+}
+
+#[test]
+fn deployment_events_reach_the_policies_that_care() {
+    let index = Index::default();
+    index.set(
+        ObjKey::new("apps", "p1"),
+        Touched {
+            services: [ObjKey::new("apps", "web")].into(),
+            deployments: [ObjKey::new("apps", "web")].into(),
+            ..Default::default()
+        },
+    );
+    index.set(
+        ObjKey::new("apps", "p2"),
+        Touched {
+            services: [ObjKey::new("apps", "api")].into(),
+            ..Default::default()
+        },
+    );
+    let services = [svc("web", "web"), svc("api", "api")];
+    // Known Deployment.
+    assert_eq!(
+        policies_for_deployment(&index, &services, &dep("web", "web")),
+        [ObjKey::new("apps", "p1")]
+    );
+    // A new Deployment whose pods the api Service selects: p2 looked at that Service.
+    assert_eq!(
+        policies_for_deployment(&index, &services, &dep("api-v2", "api")),
+        [ObjKey::new("apps", "p2")]
+    );
+    // Unrelated.
+    assert!(policies_for_deployment(&index, &services, &dep("batch", "batch")).is_empty());
+}
+
+#[test]
+fn without_the_httproute_crd_route_targets_say_so_and_service_targets_work() {
+    let mut world = Snapshot::new();
+    world.routes_available = false;
+    let p: AuthPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "apps"},
+        "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}, {"kind": "Service", "name": "web"}],
+                 "provider": {"type": "oidc", "issuerURL": "https://i", "clientID": "c", "clientSecretRef": {"name": "s", "key": "k"}},
+                 "access": {"emailDomains": ["x"]}},
+    }))
+    .unwrap();
+    world.add_service(svc("web", "web").as_ref().clone());
+    let mut d = dep("web", "web");
+    d.spec.as_mut().unwrap().template.spec = Some(serde_json::from_value(json!({"containers": [{"name": "c"}]})).unwrap());
+    world.add_deployment(d);
+    let r = resolve::resolve(&p, &world);
+    assert_eq!(r.workloads.len(), 1);
+    let route = r.targets.iter().find(|t| t.route.as_deref() == Some("r")).unwrap();
+    assert!(
+        route.message.contains("HTTPRoute CRD (Gateway API) is not installed"),
+        "{}",
+        route.message
+    );
+}
+
+/// A mock API server answering from a script of (expected method + path, reply).
+async fn lease_scenario(script: Vec<(String, StatusCode, Value)>) -> (bool, Vec<Value>) {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for (want, code, reply) in script {
+            let (req, respond) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(format!("{} {}", req.method(), req.uri().path()), want);
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            bodies.push(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+            respond.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        bodies
+    });
+    let api: Api<Lease> = Api::namespaced(kube::Client::new(mock, "default"), "sidekey-system");
+    let won = leader::try_acquire(&api, "pod-a").await.unwrap();
+    drop(api);
+    (won, server.await.unwrap())
+}
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/sidekey-system/leases";
+
+fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(renewed_secs_ago);
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": "sidekey-controller", "namespace": "sidekey-system", "resourceVersion": "7"},
+           "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseTransitions": 2}})
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+#[tokio::test]
+async fn leader_election_creates_a_missing_lease() {
+    let (won, bodies) = lease_scenario(vec![
+        (format!("GET {LEASE}/sidekey-controller"), StatusCode::NOT_FOUND, not_found()),
+        (format!("POST {LEASE}"), StatusCode::CREATED, lease("pod-a", 0)),
+    ])
+    .await;
+    assert!(won);
+    assert_eq!(bodies[1]["spec"]["holderIdentity"], "pod-a");
+}
+
+#[tokio::test]
+async fn leader_election_respects_a_live_holder_and_takes_over_an_expired_one() {
+    let get = || format!("GET {LEASE}/sidekey-controller");
+    let put = || format!("PUT {LEASE}/sidekey-controller");
+    let (won, _) = lease_scenario(vec![(get(), StatusCode::OK, lease("pod-b", 2))]).await;
+    assert!(!won, "pod-b renewed 2 s ago: no request beyond the read");
+
+    let (won, bodies) = lease_scenario(vec![
+        (get(), StatusCode::OK, lease("pod-b", 60)),
+        (put(), StatusCode::OK, lease("pod-a", 0)),
+    ])
+    .await;
+    assert!(won);
+    let spec = &bodies[1]["spec"];
+    assert_eq!(spec["holderIdentity"], "pod-a");
+    assert_eq!(spec["leaseTransitions"], 3);
+    assert_eq!(
+        bodies[1]["metadata"]["resourceVersion"], "7",
+        "a compare-and-swap on resourceVersion"
+    );
+
+    // Lost the race: the other replica replaced it first.
+    let conflict =
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"});
+    let (won, _) = lease_scenario(vec![
+        (get(), StatusCode::OK, lease("pod-b", 60)),
+        (put(), StatusCode::CONFLICT, conflict),
+    ])
+    .await;
+    assert!(!won);
+}
