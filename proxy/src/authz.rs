@@ -1,4 +1,4 @@
-//! Who may sign in: `email_domains`, `authenticated_emails_file` and `allowed_groups`,
+//! Who may sign in: `email_domains`, `authenticated_emails_file` (plus its inline form `allowed_emails`) and `allowed_groups`,
 //! with exact, case-insensitive comparisons.
 
 use std::collections::HashSet;

@@ -319,3 +319,24 @@ fn every_option_is_unique_and_well_formed() {
     }
     assert!(options::OPTIONS.len() > 150, "the table covers oauth2-proxy's options");
 }
+
+#[test]
+fn allowed_emails_alone_is_a_complete_rule() {
+    let mut args: Vec<&str> = base_args().into_iter().filter(|a| !a.starts_with("--email-domain")).collect();
+    let err = build(&args, &[]).unwrap_err();
+    assert!(err.contains("allowed_emails"), "the error names every way out: {err}");
+    args.push("--allowed-email=alice@example.com");
+    args.push("--allowed-email=bob@other.org");
+    let cfg = build(&args, &[]).unwrap();
+    assert_eq!(cfg.authz.allowed_emails, ["alice@example.com", "bob@other.org"]);
+    assert!(cfg.authz.email_domains.is_empty());
+}
+
+#[test]
+fn parse_accepts_planned_options_that_load_refuses() {
+    let mut args = base_args();
+    args.push("--skip-auth-route=^/healthz$");
+    assert!(load(args.iter().map(|s| s.to_string()), env(&[])).is_err());
+    let inv = super::load::parse(args.iter().map(|s| s.to_string()), env(&[])).unwrap();
+    assert_eq!(inv.values.list("skip_auth_routes"), ["^/healthz$"]);
+}
