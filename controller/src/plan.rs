@@ -204,6 +204,13 @@ pub fn plan(input: Input<'_>) -> Plan {
             reason: "Injected".into(),
             note: format!("sidekey-proxy sidecar applied to Deployment {}", names.join(", ")),
         });
+        if opts.mode == render::SidecarMode::Regular {
+            out.events.push(EventSpec {
+                warning: true,
+                reason: "RegularSidecar".into(),
+                note: "this cluster predates native sidecars (Kubernetes 1.29): sidekey-proxy runs as a regular container and may start after the app".into(),
+            });
+        }
     }
 
     // A Service is switched to the sidecar only once every Deployment behind it runs the

@@ -190,3 +190,15 @@ fn render_errors_name_the_file_object_and_field() {
     let err = offline::render(&input, &opts(SidecarMode::Native)).err().unwrap().to_string();
     assert!(err.contains("AuthPolicy a/p is invalid: skipAuth.routes[0].path"), "{err}");
 }
+
+#[test]
+fn regular_mode_puts_the_proxy_among_the_containers_and_warns() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/regular-mode");
+    let input = Input::read(&[dir.join("input.yaml")]).unwrap();
+    let r = offline::render(&input, &opts(SidecarMode::Regular)).unwrap();
+    let spec = &r[0].plan.deployment_applies[0].body["spec"]["template"]["spec"];
+    assert!(spec.get("initContainers").is_none());
+    assert_eq!(spec["containers"][0]["name"], "sidekey-proxy");
+    assert!(spec["containers"][0].get("restartPolicy").is_none());
+    assert!(r[0].plan.events.iter().any(|e| e.warning && e.reason == "RegularSidecar"));
+}
