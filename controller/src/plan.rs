@@ -146,8 +146,9 @@ pub fn plan(input: Input<'_>) -> Plan {
     // Which Deployments are ours, and which another (older) policy already protects.
     let mut owned = BTreeMap::new();
     let mut conflicts = Vec::new();
+    let winners = resolve::winners(cache, &res.workloads.keys().cloned().collect());
     for (dkey, w) in &res.workloads {
-        match resolve::winner(cache, dkey) {
+        match winners.get(dkey) {
             Some(win) if ObjKey::of(win.as_ref()) != me => {
                 let winner = ObjKey::of(win.as_ref());
                 for t in targets.iter_mut().filter(|t| t.deployment.as_deref() == Some(&dkey.name)) {

@@ -381,21 +381,36 @@ pub fn container_port(d: &Deployment, target: &str) -> Option<i32> {
         .map(|p| p.container_port)
 }
 
-/// Policies that are not being deleted compete for a Deployment; the oldest wins (then by
-/// namespace/name), so the outcome never depends on reconcile order.
-pub fn winner(cache: &dyn Cache, deployment: &ObjKey) -> Option<Arc<AuthPolicy>> {
-    let granted: BTreeSet<String> = cache
-        .grants_in(&deployment.namespace)
-        .iter()
-        .flat_map(|g| g.spec.from.iter().map(|f| f.namespace.clone()))
-        .collect();
-    cache
-        .policies()
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.namespace().is_some_and(|ns| ns == deployment.namespace || granted.contains(&ns)))
-        .filter(|p| resolve(p, cache).workloads.contains_key(deployment))
-        .min_by_key(|p| age_key(p))
+/// For each Deployment, the policy that protects it. Policies that are not being deleted
+/// compete; the oldest wins (then by namespace/name), so the outcome never depends on
+/// reconcile order. Each candidate policy is resolved once, however many Deployments.
+pub fn winners(cache: &dyn Cache, deployments: &BTreeSet<ObjKey>) -> BTreeMap<ObjKey, Arc<AuthPolicy>> {
+    let namespaces: BTreeSet<&str> = deployments.iter().map(|d| d.namespace.as_str()).collect();
+    // Policies can reach a namespace from their own, or from any a ReferenceGrant there names.
+    let mut reaching: BTreeSet<String> = namespaces.iter().map(|n| n.to_string()).collect();
+    for ns in &namespaces {
+        reaching.extend(
+            cache
+                .grants_in(ns)
+                .iter()
+                .flat_map(|g| g.spec.from.iter().map(|f| f.namespace.clone())),
+        );
+    }
+    let mut out: BTreeMap<ObjKey, Arc<AuthPolicy>> = BTreeMap::new();
+    for p in cache.policies() {
+        if p.metadata.deletion_timestamp.is_some() || !p.namespace().is_some_and(|ns| reaching.contains(&ns)) {
+            continue;
+        }
+        for dkey in resolve(&p, cache).workloads.into_keys().filter(|d| deployments.contains(d)) {
+            match out.get(&dkey) {
+                Some(current) if age_key(current) <= age_key(&p) => {}
+                _ => {
+                    out.insert(dkey, p.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn age_key(p: &AuthPolicy) -> (Option<jiff::Timestamp>, ObjKey) {
