@@ -151,7 +151,12 @@ pub fn plan(input: Input<'_>) -> Plan {
         match winners.get(dkey) {
             Some(win) if ObjKey::of(win.as_ref()) != me => {
                 let winner = ObjKey::of(win.as_ref());
-                for t in targets.iter_mut().filter(|t| t.deployment.as_deref() == Some(&dkey.name)) {
+                let in_ns =
+                    |t: &crate::api::TargetStatus| t.service.as_deref().is_some_and(|s| s.starts_with(&format!("{}/", dkey.namespace)));
+                for t in targets
+                    .iter_mut()
+                    .filter(|t| t.deployment.as_deref() == Some(&dkey.name) && in_ns(t))
+                {
                     t.state = TargetState::Conflicted;
                     t.message = format!("Deployment {dkey} is already protected by AuthPolicy {winner} (the oldest policy wins)");
                 }
