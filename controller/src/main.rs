@@ -98,7 +98,7 @@ fn main() -> ExitCode {
             };
             let result = offline::Input::read(&paths).and_then(|input| {
                 let rendered = offline::render(&input, &opts)?;
-                Ok(offline::to_yaml(&input, &rendered))
+                Ok(offline::to_yaml(&rendered))
             });
             match result {
                 Ok(yaml) => {

@@ -9,7 +9,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::api::AuthPolicy;
 use crate::cache::{Cache, ObjKey, Snapshot};
 use crate::merge;
 use crate::plan::{self, Plan};
@@ -227,12 +226,8 @@ pub fn render(input: &Input, opts: &RenderOptions) -> Result<Vec<Rendered>, Rend
     Ok(out)
 }
 
-fn policy_of(input: &Input, key: &ObjKey) -> Option<AuthPolicy> {
-    input.snapshot.policies.get(key).map(|p| p.as_ref().clone())
-}
-
 /// The YAML `render` prints: a comment per policy with its status, then the patched objects.
-pub fn to_yaml(input: &Input, rendered: &[Rendered]) -> String {
+pub fn to_yaml(rendered: &[Rendered]) -> String {
     let mut out = String::new();
     for r in rendered {
         let status = r.plan.status.clone().unwrap_or_default();
@@ -260,10 +255,8 @@ pub fn to_yaml(input: &Input, rendered: &[Rendered]) -> String {
                 out.push_str(&format!("#   federated credential subject: {s} (audience {})\n", wi.audience));
             }
         }
-        if policy_of(input, &r.policy).is_some_and(|p| p.spec.session.and_then(|s| s.cookie_secret_ref).is_none()) {
-            for s in &r.plan.create_secrets {
-                out.push_str(&format!("#   the controller creates Secret {s} (a random cookie secret)\n"));
-            }
+        for s in &r.plan.create_secrets {
+            out.push_str(&format!("#   the controller creates Secret {s} (a random cookie secret)\n"));
         }
         for o in &r.objects {
             out.push_str("---\n");

@@ -169,7 +169,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     }
 
     // The generated cookie secret, one per namespace with a protected Deployment.
-    if policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_none() {
+    if render::uses_generated_cookie_secret(policy) {
         let name = render::generated_cookie_secret_name(policy);
         let namespaces: BTreeSet<&str> = owned.keys().map(|k| k.namespace.as_str()).collect();
         for ns in namespaces {
@@ -293,12 +293,8 @@ pub fn plan(input: Input<'_>) -> Plan {
         }
     }
     if !out.deployment_releases.is_empty() {
-        let names: Vec<String> = out.deployment_releases.iter().map(|a| a.key.to_string()).collect();
-        out.events.push(EventSpec {
-            warning: false,
-            reason: "Removed".into(),
-            note: format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
-        });
+        let keys: Vec<&ObjKey> = out.deployment_releases.iter().map(|a| &a.key).collect();
+        out.events.push(removed_event(&keys));
     }
 
     let protected = owned
@@ -382,6 +378,16 @@ pub fn plan(input: Input<'_>) -> Plan {
     );
     out.status = changed(policy, st);
     out
+}
+
+/// The Event for sidecars taken out of Deployments.
+pub fn removed_event(deployments: &[&ObjKey]) -> EventSpec {
+    let names: Vec<String> = deployments.iter().map(|d| d.to_string()).collect();
+    EventSpec {
+        warning: false,
+        reason: "Removed".into(),
+        note: format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
+    }
 }
 
 fn first_message(targets: &[crate::api::TargetStatus], state: TargetState) -> String {

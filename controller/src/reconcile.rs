@@ -317,7 +317,7 @@ async fn cleanup(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
     // Generated cookie secrets outside the policy's namespace have no owner reference (those
     // cannot cross namespaces), so delete them here; the others go with the policy.
     let generated = render::generated_cookie_secret_name(policy);
-    if policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_none() {
+    if render::uses_generated_cookie_secret(policy) {
         let namespaces: std::collections::BTreeSet<&str> = patched
             .deployments
             .iter()
@@ -334,15 +334,8 @@ async fn cleanup(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
         }
     }
     if !patched.deployments.is_empty() {
-        let names: Vec<String> = patched.deployments.iter().map(|d| d.to_string()).collect();
-        publish(
-            policy,
-            ctx,
-            false,
-            "Removed",
-            &format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
-        )
-        .await;
+        let e = plan::removed_event(&patched.deployments.iter().collect::<Vec<_>>());
+        publish(policy, ctx, e.warning, &e.reason, &e.note).await;
     }
     let finalizers: Vec<&String> = policy.finalizers().iter().filter(|f| *f != FINALIZER).collect();
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": policy.resource_version()}});

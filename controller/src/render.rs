@@ -38,6 +38,11 @@ pub fn generated_cookie_secret_name(policy: &AuthPolicy) -> String {
     format!("{}-sidekey-cookie", policy.metadata.name.as_deref().unwrap_or_default())
 }
 
+/// Whether the controller generates (and owns) the cookie secret for this policy.
+pub fn uses_generated_cookie_secret(policy: &AuthPolicy) -> bool {
+    policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_none()
+}
+
 pub fn cookie_secret_ref(policy: &AuthPolicy) -> SecretKeyRef {
     policy
         .spec
@@ -296,7 +301,7 @@ fn config_hash(pod_spec: &Value, policy: &AuthPolicy, namespace: &str, cache: &d
     // The generated cookie secret is ours and never rotates under us; hashing it would roll
     // the pods a second time right after it is created.
     let generated = generated_cookie_secret_name(policy);
-    let user_owned = policy.spec.session.as_ref().and_then(|s| s.cookie_secret_ref.as_ref()).is_some();
+    let user_owned = !uses_generated_cookie_secret(policy);
     for r in secret_refs(policy).into_iter().filter(|r| user_owned || r.name != generated) {
         let digest = cache.secret_digest(&ObjKey::new(namespace, &r.name)).unwrap_or_default();
         h.update(format!("\0{}\0{}\0{digest}", r.name, r.key));
