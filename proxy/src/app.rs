@@ -24,6 +24,7 @@ use crate::headers;
 use crate::oidc::{Clock, Oidc, OidcError, unix};
 use crate::pages;
 use crate::redirect::RedirectPolicy;
+use crate::refresh::{self, Outcome, SingleFlight};
 use crate::session::codec::{Purpose, Sealer};
 use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
 use crate::session::{LoginState, Session};
@@ -51,8 +52,8 @@ impl Failure {
         match self {
             Failure::LoginState | Failure::Denied(_) | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Failure::Provider(OidcError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken) => StatusCode::BAD_GATEWAY,
+            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => StatusCode::BAD_GATEWAY,
             Failure::Provider(_) => StatusCode::FORBIDDEN,
             Failure::Upstream(UpstreamError::NoRoute) => StatusCode::NOT_FOUND,
             Failure::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -64,7 +65,7 @@ impl Failure {
         match self {
             Failure::Denied(_) => "Access denied",
             Failure::Upstream(_) => "The application is not responding",
-            Failure::Provider(OidcError::Unavailable(_)) => "Sign-in is unavailable",
+            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => "Sign-in is unavailable",
             Failure::BadRequest(_) => "Bad request",
             _ => "Sign-in failed",
         }
@@ -90,6 +91,23 @@ pub struct App {
     csrf: Sealer,
     clock: Clock,
     paths: Paths,
+    refreshes: SingleFlight,
+    /// Whether the client credential was usable at the last look, to log changes once.
+    credential_ok: std::sync::atomic::AtomicBool,
+}
+
+/// The request's session after any refresh, and the cookies that refresh (or its failure) sets.
+struct Lookup {
+    session: Option<Session>,
+    set_cookies: Vec<HeaderValue>,
+}
+
+impl Lookup {
+    fn add_cookies(self, resp: &mut Response<Body>) {
+        for c in self.set_cookies {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+    }
 }
 
 /// What a request looked like before handling, for the access log.
@@ -125,6 +143,8 @@ impl App {
             oidc,
             clock,
             paths,
+            refreshes: SingleFlight::default(),
+            credential_ok: std::sync::atomic::AtomicBool::new(true),
             cfg,
         })
     }
@@ -157,6 +177,15 @@ impl App {
             return (text(StatusCode::OK, "OK"), None);
         }
         if path == self.cfg.ready_path {
+            if !self.credential_usable() {
+                return (
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the client credential is not available; see the log",
+                    ),
+                    None,
+                );
+            }
             return match self.oidc.current() {
                 Some(_) => (text(StatusCode::OK, "OK"), None),
                 None => (
@@ -175,9 +204,9 @@ impl App {
             } else if path == self.paths.sign_out {
                 Ok(self.sign_out(&req))
             } else if path == self.paths.userinfo {
-                Ok(self.userinfo(&req))
+                Ok(self.userinfo(&req).await)
             } else if path == self.paths.auth {
-                return self.auth(&req);
+                return self.auth(&req).await;
             } else {
                 Ok(text(StatusCode::NOT_FOUND, "404 page not found"))
             };
@@ -187,10 +216,25 @@ impl App {
     }
 
     /// A request for the application itself.
-    async fn protected(&self, mut req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
-        let Some(session) = self.load_session(req.headers()) else {
-            return (self.unauthenticated(&req).await, None);
+    async fn protected(&self, req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+        let mut lookup = self.session(req.headers()).await;
+        let Some(session) = lookup.session.take() else {
+            let mut resp = self.unauthenticated(&req).await;
+            lookup.add_cookies(&mut resp);
+            return (resp, None);
         };
+        let (mut resp, user) = self.forward(req, peer, meta, session).await;
+        lookup.add_cookies(&mut resp);
+        (resp, user)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        meta: &RequestMeta,
+        session: Session,
+    ) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             self.auth_event("denied", &session.email, &denial.to_string());
             return (self.fail(Failure::Denied(denial), &meta.request_id), Some(session.email));
@@ -370,6 +414,8 @@ impl App {
             id_token: identity.id_token,
             refresh_token: identity.refresh_token,
             tokens_expire_at: identity.tokens_expire_at,
+            refreshed_at: now,
+            groups_from_graph: identity.groups_from_graph,
         };
         if self.cfg.cookie.minimal {
             session = session.minimal();
@@ -405,8 +451,9 @@ impl App {
         resp
     }
 
-    fn userinfo(&self, req: &Request<Incoming>) -> Response<Body> {
-        match self.authorized_session(req.headers()) {
+    async fn userinfo(&self, req: &Request<Incoming>) -> Response<Body> {
+        let mut lookup = self.session(req.headers()).await;
+        let mut resp = match lookup.session.take().filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok()) {
             Some(s) => {
                 let body = serde_json::json!({
                     "user": s.user,
@@ -420,24 +467,105 @@ impl App {
                 resp
             }
             None => text(StatusCode::UNAUTHORIZED, "Unauthorized"),
-        }
+        };
+        lookup.add_cookies(&mut resp);
+        resp
     }
 
     /// Forward-auth: 202 with identity response headers for a valid session, 401 otherwise.
-    fn auth(&self, req: &Request<Incoming>) -> (Response<Body>, Option<String>) {
-        match self.authorized_session(req.headers()) {
+    /// A refreshed session's cookies ride on this response, so the front end can pass them on.
+    async fn auth(&self, req: &Request<Incoming>) -> (Response<Body>, Option<String>) {
+        let mut lookup = self.session(req.headers()).await;
+        let (mut resp, user) = match lookup.session.take().filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok()) {
             Some(s) => {
                 let mut resp = text(StatusCode::ACCEPTED, "");
                 headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
                 (resp, Some(s.email))
             }
             None => (text(StatusCode::UNAUTHORIZED, "Unauthorized"), None),
+        };
+        lookup.add_cookies(&mut resp);
+        (resp, user)
+    }
+
+    /// The request's session, refreshed first when it is due. Refreshes are single-flight per
+    /// refresh token; a refused refresh ends the session (its cookies are cleared), an
+    /// unreachable provider leaves it standing until its tokens expire.
+    async fn session(&self, headers: &HeaderMap) -> Lookup {
+        let Some(session) = self.load_session(headers) else {
+            return Lookup {
+                session: None,
+                set_cookies: vec![],
+            };
+        };
+        let now = unix((self.clock)());
+        let Some(refresh_token) = session
+            .refresh_token
+            .clone()
+            .filter(|_| refresh::due(&session, now, self.cfg.cookie.refresh))
+        else {
+            return Lookup {
+                session: Some(session),
+                set_cookies: vec![],
+            };
+        };
+        let outcome = self
+            .refreshes
+            .run(&refresh_token, || async {
+                match self.oidc.refresh(&refresh_token, session.groups_from_graph).await {
+                    Ok(r) => {
+                        self.auth_event("refresh", &session.email, "tokens refreshed");
+                        Outcome::Refreshed(refresh::apply(&session, r, unix((self.clock)())))
+                    }
+                    Err(
+                        e @ (OidcError::Unavailable(_) | OidcError::TokenTransport(_) | OidcError::ClientAuth(_) | OidcError::Graph(_)),
+                    ) => Outcome::Unavailable(e.to_string()),
+                    Err(e) => Outcome::Ended(e.to_string()),
+                }
+            })
+            .await;
+        let cookies = RequestCookies::parse(headers);
+        let writer = self.cookie_writer(headers);
+        match &*outcome {
+            Outcome::Refreshed(fresh) => {
+                let sealed = self.sessions.seal(&self.cfg.cookie.name, fresh);
+                let remaining = fresh.expires_at.saturating_sub(now);
+                Lookup {
+                    session: Some(fresh.clone()),
+                    set_cookies: writer.set_session(&cookies, &sealed, remaining),
+                }
+            }
+            Outcome::Ended(why) => {
+                self.auth_event("refresh_failed", &session.email, &format!("session ended: {why}"));
+                Lookup {
+                    session: None,
+                    set_cookies: writer.clear_session(&cookies),
+                }
+            }
+            Outcome::Unavailable(why) => {
+                let tokens_valid = session.tokens_expire_at.is_none_or(|exp| now < exp);
+                tracing::warn!(error = %why, keeping_session = tokens_valid, "token refresh failed");
+                Lookup {
+                    session: tokens_valid.then_some(session),
+                    set_cookies: if tokens_valid { vec![] } else { writer.clear_session(&cookies) },
+                }
+            }
         }
     }
 
-    fn authorized_session(&self, headers: &HeaderMap) -> Option<Session> {
-        self.load_session(headers)
-            .filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok())
+    /// Whether a client credential can be produced (a federated token file is mounted and
+    /// non-empty). Changes are logged once, naming the path and the likely cause.
+    pub fn credential_usable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let result = self.oidc.config().client_auth.check();
+        let ok = result.is_ok();
+        if self.credential_ok.swap(ok, Ordering::Relaxed) != ok {
+            match result {
+                Ok(()) => tracing::info!("client credential available again"),
+                Err(e) => tracing::error!(error = %e, "client credential unavailable; /ready reports 503 until it is fixed"),
+            }
+        }
+        ok
     }
 
     /// The session from the request's cookies. Anything wrong with it — tampered,

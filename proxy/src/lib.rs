@@ -9,6 +9,7 @@
 //! Layout: [`config`] (options, loading, validation) · [`session`] (codec, cookies) ·
 //! [`redirect`] (the one redirect validator) · [`authz`] (who may sign in) · [`headers`]
 //! (identity headers) · [`oidc`] (the relying party) · [`upstream`] (forwarding) ·
+//! [`client_auth`] (secrets and JWT assertions) · [`entra`] (Entra ID specifics) · [`refresh`] (single-flight token refresh) ·
 //! [`app`] (the request path) · [`server`] (listener, shutdown) · [`pages`] (HTML).
 
 #![forbid(unsafe_code)]
@@ -16,13 +17,16 @@
 pub mod app;
 pub mod authz;
 pub mod body;
+pub mod client_auth;
 pub mod config;
+pub mod entra;
 pub mod headers;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
 pub mod pages;
 pub mod redirect;
+pub mod refresh;
 pub mod secret;
 pub mod server;
 pub mod session;
@@ -43,7 +47,9 @@ pub async fn run(cfg: config::Config, listener: TcpListener, clock: oidc::Clock,
     let http =
         http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http, clock.clone()));
+    tracing::info!(client_authentication = %cfg.provider.client_auth.describe(), "client credential");
     let app = Arc::new(app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?);
+    app.credential_usable();
     let discovery = tokio::spawn(oidc.discover_until_ready());
     server::serve(listener, app, shutdown).await;
     discovery.abort();

@@ -18,8 +18,11 @@ fn main() -> ExitCode {
     };
     if invocation.config_test {
         println!(
-            "configuration OK: provider oidc, issuer {}, {} upstream(s), listening on {}",
+            "configuration OK: provider {}, issuer {}, client {} authenticated by {}, {} upstream(s), listening on {}",
+            if cfg.provider.entra.is_some() { "entra-id" } else { "oidc" },
             cfg.provider.issuer_url,
+            cfg.provider.client_id,
+            cfg.provider.client_auth.describe(),
             cfg.upstreams.len(),
             cfg.http_address
         );

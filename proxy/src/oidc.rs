@@ -1,6 +1,8 @@
 //! The OpenID Connect relying party: lazy discovery with background retry, authorization
-//! URLs (state, nonce, PKCE S256), code redemption, and ID-token verification (signature via
-//! JWKS with a refetch on an unknown `kid`, issuer, audience, expiry with a small skew, nonce).
+//! URLs (state, nonce, PKCE S256), token requests (code redemption and refresh, with a client
+//! secret or a JWT assertion), and ID-token verification (signature via JWKS with a refetch on
+//! an unknown `kid`, issuer — tenant-aware for Entra ID —, audience, expiry with a small skew,
+//! nonce). Entra groups overage is resolved through Microsoft Graph here too.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,14 +14,15 @@ use openidconnect::core::{
     CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, JsonWebKeySetUrl,
-    Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, ResponseTypes,
-    SignatureVerificationError, TokenResponse, TokenUrl,
+    AdditionalProviderMetadata, AuthUrl, ClaimsVerificationError, ClientId, IssuerUrl, JsonWebKeySetUrl, Nonce, ProviderMetadata,
+    ResponseTypes, SignatureVerificationError, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::config::{self, ProviderConfig};
+use crate::client_auth::{self, ClientAuthError, Credential};
+use crate::config::ProviderConfig;
+use crate::entra;
 use crate::http_client::{HttpClient, error_chain};
 
 /// Clock skew tolerated on `exp`.
@@ -69,8 +72,19 @@ pub type Metadata = ProviderMetadata<
 pub enum OidcError {
     #[error("the identity provider is unreachable: {0}")]
     Unavailable(String),
-    #[error("the identity provider refused the token request: {error}{}", description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
-    TokenRefused { error: String, description: Option<String> },
+    #[error("the identity provider refused the token request: {error}{}{}",
+        description.as_ref().map(|d| format!(": {d}")).unwrap_or_default(),
+        hint.as_ref().map(|h| format!(" — to fix: {h}")).unwrap_or_default())]
+    TokenRefused {
+        error: String,
+        description: Option<String>,
+        /// What the user can do about it, when we can tell.
+        hint: Option<String>,
+    },
+    #[error("no client credential: {0}")]
+    ClientAuth(#[from] ClientAuthError),
+    #[error("cannot read the user's groups (groups overage): {0}")]
+    Graph(#[from] entra::GraphError),
     #[error("the token request failed: {0}")]
     TokenTransport(String),
     #[error("the token response has no ID token")]
@@ -79,6 +93,8 @@ pub enum OidcError {
     InvalidIdToken(String),
     #[error("the authorization response was issued by {got}, expected {expected}")]
     IssuerMismatch { got: String, expected: String },
+    #[error("the sign-in came from the wrong Entra tenant: {0}")]
+    Tenant(String),
     #[error("the provider marked the email address unverified")]
     UnverifiedEmail,
 }
@@ -91,6 +107,38 @@ pub struct Identity {
     pub preferred_username: String,
     pub groups: Vec<String>,
     pub access_token: Option<String>,
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub tokens_expire_at: Option<u64>,
+    pub groups_from_graph: bool,
+}
+
+/// A token endpoint response (RFC 6749 §5.1).
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+/// A token endpoint error (RFC 6749 §5.2), plus Entra's `error_codes`.
+#[derive(Deserialize)]
+struct TokenErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+}
+
+/// The result of a refresh: new tokens, and the claims of a new ID token when one came back.
+pub struct Refreshed {
+    pub identity: Option<Identity>,
+    pub access_token: String,
     pub id_token: Option<String>,
     pub refresh_token: Option<String>,
     pub tokens_expire_at: Option<u64>,
@@ -172,10 +220,36 @@ impl Oidc {
         fn unavailable(e: &(dyn std::error::Error + 'static)) -> OidcError {
             OidcError::Unavailable(error_chain(e))
         }
-        let issuer = IssuerUrl::new(self.cfg.issuer_url.to_string().trim_end_matches('/').to_string())
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let configured = self.cfg.issuer_url.as_str().trim_end_matches('/').to_string();
+        let issuer = IssuerUrl::new(configured.clone()).map_err(|e| OidcError::Unavailable(e.to_string()))?;
         if !self.cfg.skip_discovery {
-            return Metadata::discover_async(issuer, &client).await.map_err(|e| unavailable(&e));
+            let url = format!("{configured}/.well-known/openid-configuration");
+            let request = http::Request::get(&url)
+                .header(http::header::ACCEPT, "application/json")
+                .body(Vec::new())
+                .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+            let response = self.http.send(request).await.map_err(|e| unavailable(&e))?;
+            if !response.status().is_success() {
+                return Err(OidcError::Unavailable(format!("{url} answered {}", response.status())));
+            }
+            let metadata: Metadata = serde_json::from_slice(response.body())
+                .map_err(|e| OidcError::Unavailable(format!("{url} is not a discovery document: {e}")))?;
+            // OpenID Discovery §4.3: the document must name the issuer we asked. Entra's
+            // multi-tenant documents name the issuer template instead.
+            let discovered = metadata.issuer().as_str().trim_end_matches('/');
+            let issuer_ok = match &self.cfg.entra {
+                Some(e) => e.discovered_issuer_ok(discovered),
+                None => discovered == configured,
+            };
+            if !issuer_ok {
+                return Err(OidcError::Unavailable(format!(
+                    "{url} names issuer {discovered}, expected {configured}; check oidc_issuer_url"
+                )));
+            }
+            let keys = CoreJsonWebKeySet::fetch_async(metadata.jwks_uri(), &client)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            return Ok(metadata.set_jwks(keys));
         }
         let (Some(login), Some(redeem), Some(jwks)) = (&self.cfg.login_url, &self.cfg.redeem_url, &self.cfg.jwks_url) else {
             unreachable!("config validation requires login_url, redeem_url and oidc_jwks_url with skip_oidc_discovery");
@@ -267,6 +341,9 @@ impl Oidc {
     /// present when the provider says it sends one (mix-up attacks).
     pub fn check_response_issuer(&self, d: &Discovered, iss: Option<&str>) -> Result<(), OidcError> {
         let expected = d.metadata.issuer().as_str();
+        if let (Some(e), Some(got)) = (&self.cfg.entra, iss) {
+            return e.check_response_issuer(got).map_err(OidcError::Tenant);
+        }
         match iss {
             Some(got) if got != expected => Err(OidcError::IssuerMismatch {
                 got: got.to_string(),
@@ -280,53 +357,170 @@ impl Oidc {
         }
     }
 
-    fn client_secret(&self) -> Result<Option<ClientSecret>, OidcError> {
-        Ok(match &self.cfg.client_secret {
-            config::ClientSecret::None => None,
-            config::ClientSecret::Value(s) => Some(ClientSecret::new(s.expose().clone())),
-            config::ClientSecret::File(path) => {
-                let s = std::fs::read_to_string(path)
-                    .map_err(|e| OidcError::TokenTransport(format!("cannot read client_secret_file {}: {e}", path.display())))?;
-                Some(ClientSecret::new(s.trim().to_string()))
+    /// One request to the token endpoint, authenticated as the configured client. Files
+    /// behind the credential (a federated token, a secret) are read now, every time.
+    async fn token_request(&self, d: &Discovered, mut form: Vec<(&'static str, String)>) -> Result<TokenResponse, OidcError> {
+        let token_url = d
+            .metadata
+            .token_endpoint()
+            .ok_or_else(|| OidcError::TokenTransport("the provider's discovery document has no token_endpoint".into()))?
+            .url()
+            .to_string();
+        let now = unix((self.clock)());
+        let client_id = self.cfg.client_id.clone();
+        let mut request = http::Request::post(&token_url)
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::ACCEPT, "application/json");
+        let mut assertion_claims = None;
+        match self.cfg.client_auth.credential(&client_id, &token_url, now)? {
+            Credential::None => form.push(("client_id", client_id)),
+            Credential::Secret(secret) => {
+                // client_secret_basic unless the provider only offers client_secret_post.
+                let post_only = d.metadata.token_endpoint_auth_methods_supported().is_some_and(|m| {
+                    m.contains(&CoreClientAuthMethod::ClientSecretPost) && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
+                });
+                if post_only {
+                    form.push(("client_id", client_id));
+                    form.push(("client_secret", secret.expose().clone()));
+                } else {
+                    // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
+                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(&client_id), enc(secret.expose())));
+                    request = request.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
+                }
             }
-        })
+            Credential::Assertion(jwt) => {
+                assertion_claims = client_auth::inspect(jwt.expose());
+                form.push(("client_id", client_id));
+                form.push(("client_assertion_type", client_auth::JWT_BEARER.to_string()));
+                form.push(("client_assertion", jwt.expose().clone()));
+            }
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let request = request
+            .body(body.into_bytes())
+            .map_err(|e| OidcError::TokenTransport(e.to_string()))?;
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| OidcError::TokenTransport(error_chain(&e)))?;
+        if response.status().is_success() {
+            return serde_json::from_slice(response.body())
+                .map_err(|e| OidcError::TokenTransport(format!("unparseable token response: {e}")));
+        }
+        match serde_json::from_slice::<TokenErrorResponse>(response.body()) {
+            Ok(err) => Err(self.refused(err, assertion_claims.as_ref())),
+            Err(_) => Err(OidcError::TokenTransport(format!(
+                "the token endpoint answered {} without an OAuth error",
+                response.status()
+            ))),
+        }
+    }
+
+    fn refused(&self, err: TokenErrorResponse, assertion: Option<&client_auth::AssertionClaims>) -> OidcError {
+        let description = err.error_description.as_deref().unwrap_or("");
+        let code = err.error_codes.first().copied().or_else(|| entra::aadsts_code(description));
+        let tenant = self.cfg.entra.as_ref().and_then(|e| e.tenant.as_deref());
+        let hint = code
+            .and_then(|c| entra::hint(c, &self.cfg.client_id, tenant, assertion))
+            .or_else(|| {
+                // Not Entra, or a code we do not know: a refused assertion still deserves
+                // to say what was presented.
+                (err.error == "invalid_client")
+                    .then_some(assertion)
+                    .flatten()
+                    .filter(|a| a.iss != self.cfg.client_id)
+                    .map(|a| format!("the provider did not accept the client assertion with issuer {} and subject {} (audience {:?}): configure it to trust that issuer and subject for client {}", a.iss, a.sub, a.aud, self.cfg.client_id))
+            });
+        OidcError::TokenRefused {
+            error: err.error,
+            description: err.error_description,
+            hint,
+        }
     }
 
     /// Redeems an authorization code and verifies the ID token it returns.
     pub async fn redeem(&self, code: &str, redirect_uri: &str, pkce_verifier: Option<&str>, nonce: &str) -> Result<Identity, OidcError> {
         let d = self.ensure().await?;
-        // client_secret_basic unless the provider only offers client_secret_post.
-        let methods = d.metadata.token_endpoint_auth_methods_supported();
-        let post_only = methods
-            .is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost) && !m.contains(&CoreClientAuthMethod::ClientSecretBasic));
-        let client =
-            CoreClient::from_provider_metadata(d.metadata.clone(), ClientId::new(self.cfg.client_id.clone()), self.client_secret()?)
-                .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::TokenTransport(e.to_string()))?)
-                .set_auth_type(if post_only {
-                    openidconnect::AuthType::RequestBody
-                } else {
-                    openidconnect::AuthType::BasicAuth
-                });
-        let mut request = client
-            .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| OidcError::TokenTransport(e.to_string()))?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", redirect_uri.to_string()),
+        ];
         if let Some(v) = pkce_verifier {
-            request = request.set_pkce_verifier(PkceCodeVerifier::new(v.to_string()));
+            form.push(("code_verifier", v.to_string()));
         }
-        let http = self.http.as_oauth2();
-        let response = request.request_async(&http).await.map_err(token_error)?;
-        let id_token = response.id_token().ok_or(OidcError::NoIdToken)?.to_string();
+        let response = self.token_request(&d, form).await?;
+        let id_token = response.id_token.ok_or(OidcError::NoIdToken)?;
         let claims = self.verify_id_token(&d, &id_token, Some(nonce)).await?;
         let now = unix((self.clock)());
         let mut identity = self.identity_from_claims(&claims)?;
-        identity.access_token = Some(response.access_token().secret().clone());
-        identity.refresh_token = response.refresh_token().map(|t| t.secret().clone());
         identity.tokens_expire_at = response
-            .expires_in()
-            .map(|e| now + e.as_secs())
+            .expires_in
+            .map(|e| now + e)
             .or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
+        identity.refresh_token = response.refresh_token;
         identity.id_token = Some(id_token);
+        identity.access_token = Some(response.access_token);
+        self.resolve_groups(&mut identity).await?;
         Ok(identity)
+    }
+
+    /// Redeems a refresh token. A new ID token is verified (without a nonce: none was sent);
+    /// groups that came from Graph are fetched again with the new access token.
+    pub async fn refresh(&self, refresh_token: &str, groups_from_graph: bool) -> Result<Refreshed, OidcError> {
+        let d = self.ensure().await?;
+        let form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", refresh_token.to_string()),
+            ("scope", self.cfg.scope.clone()),
+        ];
+        let response = self.token_request(&d, form).await?;
+        let now = unix((self.clock)());
+        let mut identity = match &response.id_token {
+            Some(raw) => {
+                let claims = self.verify_id_token(&d, raw, None).await?;
+                Some(self.identity_from_claims(&claims)?)
+            }
+            None => None,
+        };
+        let tokens_expire_at = response.expires_in.map(|e| now + e).or_else(|| {
+            response
+                .id_token
+                .as_deref()
+                .and_then(decode_payload)
+                .and_then(|c| c.get("exp").and_then(|v| v.as_u64()))
+        });
+        let needs_graph = identity.as_ref().map(|i| i.groups_from_graph).unwrap_or(groups_from_graph);
+        if needs_graph {
+            let mut fresh = identity.take().unwrap_or_default();
+            fresh.groups_from_graph = true;
+            fresh.access_token = Some(response.access_token.clone());
+            self.resolve_groups(&mut fresh).await?;
+            identity = Some(fresh);
+        }
+        Ok(Refreshed {
+            identity,
+            access_token: response.access_token,
+            id_token: response.id_token,
+            refresh_token: response.refresh_token,
+            tokens_expire_at,
+        })
+    }
+
+    /// Entra groups overage: the ID token has no groups, Graph has them. A Graph failure is
+    /// a failed login, never a silently empty group list.
+    async fn resolve_groups(&self, identity: &mut Identity) -> Result<(), OidcError> {
+        let (Some(e), true) = (&self.cfg.entra, identity.groups_from_graph) else {
+            return Ok(());
+        };
+        let token = identity
+            .access_token
+            .as_deref()
+            .ok_or_else(|| entra::GraphError::Parse("no access token to call Graph with".into()))?;
+        identity.groups = entra::group_ids(&self.http, &e.graph_url, token).await?;
+        Ok(())
     }
 
     /// Verifies an ID token and returns its claims as JSON.
@@ -368,6 +562,7 @@ impl Oidc {
                 CoreJwsSigningAlgorithm::EdDsa,
             ])
             .require_audience_match(false)
+            .require_issuer_match(self.cfg.entra.is_none())
             .set_time_fn(move || chrono::DateTime::<chrono::Utc>::from(clock()) - skew);
         let expected_nonce = nonce.map(|n| Nonce::new(n.to_string()));
         let result = match &expected_nonce {
@@ -381,6 +576,11 @@ impl Oidc {
             other => OidcError::InvalidIdToken(other.to_string()),
         })?;
         let claims = decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
+        if let Some(e) = &self.cfg.entra {
+            let text = |k: &str| claims.get(k).and_then(|v| v.as_str());
+            e.check_token_issuer(text("iss").unwrap_or(""), text("tid"))
+                .map_err(OidcError::InvalidIdToken)?;
+        }
         self.check_audience(&claims)?;
         Ok(claims)
     }
@@ -435,6 +635,7 @@ impl Oidc {
             email,
             preferred_username: text("preferred_username"),
             groups,
+            groups_from_graph: self.cfg.entra.is_some() && entra::has_groups_overage(claims),
             ..Identity::default()
         })
     }
@@ -453,24 +654,10 @@ fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value
     }
 }
 
-fn token_error<RE: std::error::Error + 'static>(
-    e: RequestTokenError<RE, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>,
-) -> OidcError {
-    match e {
-        RequestTokenError::ServerResponse(r) => OidcError::TokenRefused {
-            error: r.error().to_string(),
-            description: r.error_description().cloned(),
-        },
-        RequestTokenError::Request(e) => OidcError::TokenTransport(error_chain(&e)),
-        RequestTokenError::Parse(e, _) => OidcError::TokenTransport(format!("unparseable token response: {e}")),
-        RequestTokenError::Other(s) => OidcError::TokenTransport(s),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClientSecret as SecretCfg;
+    use crate::client_auth::ClientAuth;
     use openidconnect::core::{CoreJsonWebKeySet, CoreRsaPrivateSigningKey};
     use openidconnect::{JsonWebKeyId, PrivateSigningKey};
 
@@ -494,7 +681,8 @@ mod tests {
             redeem_url: None,
             jwks_url: None,
             client_id: "app".into(),
-            client_secret: SecretCfg::None,
+            client_auth: ClientAuth::None,
+            entra: None,
             scope: "openid".into(),
             prompt: None,
             approval_prompt: None,

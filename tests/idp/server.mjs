@@ -3,12 +3,14 @@
 // Usage: node tests/idp/server.mjs '<json config>'
 // Config (all optional): { port, host, clients: [{client_id, client_secret, redirect_uris, ...}],
 //   users: {id: {password, email, email_verified, groups, preferred_username, name}},
-//   ttl: {IdToken, AccessToken, AuthorizationCode, RefreshToken} (seconds) }
-// Prints one JSON line {"issuer": "...", "port": N} on stdout once it is listening.
+//   ttl: {IdToken, AccessToken, AuthorizationCode, RefreshToken} (seconds),
+//   entra: see ./entra.mjs — Entra ID-shaped tenants, federated credentials and Graph }
+// Prints one JSON line {"issuer": "...", "port": N, "base": "..."} on stdout once it is listening.
 // Login and consent are plain HTML forms, so both an HTTP client and a browser can drive them.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
+import { EntraFrontDoor } from './entra.mjs';
 
 const config = JSON.parse(process.argv[2] || process.env.IDP_CONFIG || '{}');
 const host = config.host || '127.0.0.1';
@@ -20,7 +22,6 @@ const DEFAULT_USERS = {
   mallory: { password: 'mallory-password', email: 'mallory@evil.com@example.com', email_verified: true, groups: ['admins'], preferred_username: 'mallory', name: 'Mallory' },
 };
 const users = config.users || DEFAULT_USERS;
-
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
 
@@ -40,60 +41,87 @@ function readForm(req) {
 const server = http.createServer();
 await new Promise((resolve) => server.listen(config.port || 0, host, resolve));
 const port = server.address().port;
-const issuer = config.issuer || `http://${host}:${port}`;
+const base = `http://${host}:${port}`;
 
-const provider = new Provider(issuer, {
-  clients: config.clients || [],
-  jwks: { keys: [signingKey] },
-  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
-  findAccount: (ctx, id) => {
-    const u = users[id];
-    if (!u) return undefined;
-    return {
-      accountId: id,
-      claims: () => ({ sub: id, email: u.email, email_verified: u.email_verified, groups: u.groups, preferred_username: u.preferred_username, name: u.name }),
-    };
-  },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username', 'groups'] },
-  conformIdTokenClaims: false,
-  clockTolerance: 0,
-  features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
-  pkce: { required: () => false },
-  scopes: ['openid', 'email', 'profile', 'offline_access'],
-  ttl: {
-    AccessToken: config.ttl?.AccessToken ?? 3600,
-    AuthorizationCode: config.ttl?.AuthorizationCode ?? 60,
-    IdToken: config.ttl?.IdToken ?? 3600,
-    RefreshToken: config.ttl?.RefreshToken ?? 86400,
-    Interaction: 600,
-    Session: 3600,
-    Grant: 3600,
-  },
-  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
-  renderError: (ctx, out) => {
-    ctx.type = 'html';
-    ctx.body = page('Error', `<pre>${esc(JSON.stringify(out))}</pre>`);
-  },
-});
-provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+// The claims a user's tokens carry. `tenant` is set for Entra-shaped tenants, whose tokens
+// also carry tid/oid/upn, and — for a user with `overage` — Entra's groups-overage markers
+// (`_claim_names`/`_claim_sources`) instead of a groups claim.
+function claimsFor(id, u, tenant) {
+  const c = { sub: id, email: u.email, email_verified: u.email_verified, groups: u.groups, preferred_username: u.preferred_username, name: u.name };
+  if (tenant) {
+    c.tid = tenant;
+    c.oid = u.oid || crypto.createHash('sha256').update(id).digest('hex').replace(/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/, '$1-$2-$3-$4-$5');
+    if (u.upn) c.upn = u.upn;
+    if (u.overage) {
+      delete c.groups;
+      c._claim_names = { groups: 'src1' };
+      c._claim_sources = { src1: { endpoint: `https://graph.windows.net/${tenant}/users/${c.oid}/getMemberObjects` } };
+    }
+  }
+  for (const [k, v] of Object.entries(c)) if (v === undefined) delete c[k];
+  return c;
+}
 
-async function interaction(req, res) {
+// `prefix` is the path the provider is mounted at ('' or '/<tenant>'); `routes` its endpoints.
+function makeProvider(issuer, { prefix = '', tenant, routes, clients = config.clients || [] } = {}) {
+  const provider = new Provider(issuer, {
+    clients,
+    jwks: { keys: [signingKey] },
+    cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+    findAccount: (ctx, id) => {
+      const u = users[id];
+      if (!u) return undefined;
+      return { accountId: id, claims: () => claimsFor(id, u, tenant) };
+    },
+    claims: {
+      openid: ['sub', 'tid', 'oid', 'upn', '_claim_names', '_claim_sources'],
+      email: ['email', 'email_verified'],
+      profile: ['name', 'preferred_username', 'groups'],
+    },
+    conformIdTokenClaims: false,
+    clockTolerance: 0,
+    features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
+    pkce: { required: () => false },
+    scopes: ['openid', 'email', 'profile', 'offline_access'],
+    ttl: {
+      AccessToken: config.ttl?.AccessToken ?? 3600,
+      AuthorizationCode: config.ttl?.AuthorizationCode ?? 60,
+      IdToken: config.ttl?.IdToken ?? 3600,
+      RefreshToken: config.ttl?.RefreshToken ?? 86400,
+      Interaction: 600,
+      Session: 3600,
+      Grant: 3600,
+    },
+    interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
+    ...(routes ? { routes } : {}),
+    renderError: (ctx, out) => {
+      ctx.type = 'html';
+      ctx.body = page('Error', `<pre>${esc(JSON.stringify(out))}</pre>`);
+    },
+  });
+  provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+  return provider;
+}
+
+async function interaction(provider, req, res) {
   try {
-    const url = new URL(req.url, issuer);
-    const parts = url.pathname.split('/').filter(Boolean); // interaction, uid, [action]
+    const url = new URL(req.url, base);
+    const parts = url.pathname.split('/').filter(Boolean);
+    const prefix = url.pathname.slice(0, url.pathname.indexOf('/interaction/')); // '' or /<tenant>
+    parts.splice(0, parts.indexOf('interaction')); // interaction, uid, [action]
     const details = await provider.interactionDetails(req, res);
     const { uid, prompt, params } = details;
     if (req.method === 'GET') {
       res.setHeader('content-type', 'text/html; charset=utf-8');
       if (prompt.name === 'login') {
         res.end(page('Sign in to the test IdP', `<p>Client: ${esc(params.client_id)}</p>
-<form method="post" action="/interaction/${uid}/login" id="login">
+<form method="post" action="${prefix}/interaction/${uid}/login" id="login">
 <label>User <input name="login" id="username" autofocus></label>
 <label>Password <input name="password" id="password" type="password"></label>
 <button type="submit" id="submit">Sign in</button></form>`));
       } else {
         res.end(page('Authorize', `<p>${esc(params.client_id)} asks for: ${esc(params.scope)}</p>
-<form method="post" action="/interaction/${uid}/confirm" id="consent"><button type="submit" id="allow">Allow</button></form>`));
+<form method="post" action="${prefix}/interaction/${uid}/confirm" id="consent"><button type="submit" id="allow">Allow</button></form>`));
       }
       return;
     }
@@ -104,7 +132,7 @@ async function interaction(req, res) {
         res.statusCode = 200;
         res.setHeader('content-type', 'text/html; charset=utf-8');
         res.end(page('Sign in to the test IdP', `<p id="error">Invalid user or password</p>
-<form method="post" action="/interaction/${uid}/login"><input name="login"><input name="password" type="password"><button type="submit">Sign in</button></form>`));
+<form method="post" action="${prefix}/interaction/${uid}/login"><input name="login"><input name="password" type="password"><button type="submit">Sign in</button></form>`));
         return;
       }
       await provider.interactionFinished(req, res, { login: { accountId: form.login } }, { mergeWithLastSubmission: false });
@@ -131,11 +159,21 @@ async function interaction(req, res) {
   }
 }
 
-const callback = provider.callback();
-server.on('request', (req, res) => {
-  if (req.url.startsWith('/interaction/')) return interaction(req, res);
-  return callback(req, res);
-});
+let issuer;
+if (config.entra) {
+  // Entra-shaped tenants; see entra.mjs for what is emulated and why.
+  const door = new EntraFrontDoor({ base, config: config.entra, users, clients: config.clients || [], makeProvider, interaction });
+  issuer = door.issuer;
+  server.on('request', (req, res) => door.handle(req, res));
+} else {
+  issuer = config.issuer || base;
+  const provider = makeProvider(issuer);
+  const callback = provider.callback();
+  server.on('request', (req, res) => {
+    if (req.url.startsWith('/interaction/')) return interaction(provider, req, res);
+    return callback(req, res);
+  });
+}
 
-process.stdout.write(JSON.stringify({ issuer, port }) + '\n');
+process.stdout.write(JSON.stringify({ issuer, port, base }) + '\n');
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => server.close(() => process.exit(0)));

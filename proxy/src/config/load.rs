@@ -34,6 +34,31 @@ pub struct Values {
     map: HashMap<&'static str, (Value, Origin)>,
     /// Non-fatal findings (unknown environment variables), logged once at start-up.
     pub warnings: Vec<String>,
+    /// The variables Azure workload identity's webhook (or a hand-written pod spec) sets.
+    pub azure: AzureEnv,
+}
+
+/// `AZURE_*` environment variables, read as the Azure SDKs read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AzureEnv {
+    pub federated_token_file: Option<String>,
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub authority_host: Option<String>,
+}
+
+impl AzureEnv {
+    fn take(&mut self, name: &str, value: &str) -> bool {
+        let slot = match name {
+            "AZURE_FEDERATED_TOKEN_FILE" => &mut self.federated_token_file,
+            "AZURE_CLIENT_ID" => &mut self.client_id,
+            "AZURE_TENANT_ID" => &mut self.tenant_id,
+            "AZURE_AUTHORITY_HOST" => &mut self.authority_host,
+            _ => return false,
+        };
+        *slot = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        true
+    }
 }
 
 impl Values {
@@ -129,7 +154,11 @@ where
     }
 
     let mut env_values = Values::default();
+    let mut azure = AzureEnv::default();
     for (name, raw) in env {
+        if azure.take(&name, &raw) {
+            continue;
+        }
         let Some(rest) = name.strip_prefix("OAUTH2_PROXY_") else { continue };
         let key = rest.to_ascii_lowercase();
         match options::by_key(&key) {
@@ -155,6 +184,7 @@ where
     values.warnings.append(&mut env_values.warnings);
     values.map.extend(env_values.map);
     values.map.extend(flags.map);
+    values.azure = azure;
 
     let config_test = values.bool("config_test");
     Ok(Invocation { values, config_test })

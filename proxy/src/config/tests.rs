@@ -1,5 +1,6 @@
 use super::load::{Value, parse_toml};
 use super::*;
+use crate::client_auth::ClientAuth;
 
 const SECRET_44: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E="; // openssl rand -base64 32
 
@@ -339,4 +340,213 @@ fn parse_accepts_planned_options_that_load_refuses() {
     assert!(load(args.iter().map(|s| s.to_string()), env(&[])).is_err());
     let inv = super::load::parse(args.iter().map(|s| s.to_string()), env(&[])).unwrap();
     assert_eq!(inv.values.list("skip_auth_routes"), ["^/healthz$"]);
+}
+
+/// The sidecar a hand-written Entra workload-identity Deployment runs today (the seed), with
+/// the token path and cookie secret from the environment, loads as is.
+#[test]
+fn seed_style_entra_sidecar_config_loads() {
+    let args = [
+        "sidekey-proxy",
+        "--provider=entra-id",
+        "--entra-id-federated-token-auth=true",
+        "--oidc-issuer-url=https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
+        "--client-id=00000000-1111-2222-3333-444444444444",
+        "--cookie-domain=app.example.com",
+        "--email-domain=*",
+        "--skip-provider-button",
+        "--upstream=http://127.0.0.1",
+        "--http-address=0.0.0.0:4180",
+    ];
+    let env_pairs = [
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
+        ("OAUTH2_PROXY_COOKIE_SECRET", SECRET_44),
+    ];
+    let cfg = build(&args, &env_pairs).unwrap();
+    let p = &cfg.provider;
+    assert_eq!(p.client_id, "00000000-1111-2222-3333-444444444444");
+    assert!(
+        matches!(&p.client_auth, ClientAuth::AssertionFile { path, option: "AZURE_FEDERATED_TOKEN_FILE" }
+            if path.to_str() == Some("/var/run/secrets/azure/tokens/azure-identity-token")),
+        "{:?}",
+        p.client_auth
+    );
+    let e = p.entra.as_ref().unwrap();
+    assert_eq!(e.tenant.as_deref(), Some("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+    assert_eq!(e.issuer_template, "https://login.microsoftonline.com/{tenantid}/v2.0");
+    assert_eq!(e.graph_url.as_str(), "https://graph.microsoft.com/");
+    assert_eq!(p.display_name, "Microsoft Entra ID");
+}
+
+#[test]
+fn entra_issuer_client_and_cloud_come_from_azure_env() {
+    let args = [
+        "sidekey-proxy",
+        "--provider=entra-id",
+        "--entra-id-federated-token-auth",
+        "--email-domain=*",
+        "--cookie-secret",
+        SECRET_44,
+    ];
+    let env_pairs = [
+        ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+        ("AZURE_CLIENT_ID", "client-from-env"),
+        ("AZURE_TENANT_ID", "tid-gov"),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+    ];
+    let cfg = build(&args, &env_pairs).unwrap();
+    assert_eq!(cfg.provider.client_id, "client-from-env");
+    assert_eq!(cfg.provider.issuer_url.as_str(), "https://login.microsoftonline.us/tid-gov/v2.0");
+    let e = cfg.provider.entra.unwrap();
+    assert_eq!(e.issuer_template, "https://login.microsoftonline.us/{tenantid}/v2.0");
+    assert_eq!(e.graph_url.as_str(), "https://graph.microsoft.us/");
+    // The flag wins over AZURE_CLIENT_ID; China's cloud gets its own Graph.
+    let mut args = args.to_vec();
+    args.extend([
+        "--client-id=flag-client",
+        "--oidc-issuer-url=https://login.chinacloudapi.cn/tid-cn/v2.0",
+    ]);
+    let cfg = build(&args, &env_pairs[..2]).unwrap();
+    assert_eq!(cfg.provider.client_id, "flag-client");
+    assert_eq!(
+        cfg.provider.entra.unwrap().graph_url.as_str(),
+        "https://microsoftgraph.chinacloudapi.cn/"
+    );
+}
+
+#[test]
+fn entra_and_credential_mistakes_name_the_option_and_fix() {
+    let entra = |extra: &[&str]| {
+        let mut a = vec![
+            "sidekey-proxy",
+            "--provider=entra-id",
+            "--client-id=app",
+            "--email-domain=*",
+            "--cookie-secret",
+            SECRET_44,
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let token = [("AZURE_FEDERATED_TOKEN_FILE", "/t")];
+    type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            entra(&["--entra-id-federated-token-auth"]),
+            &[],
+            "option `oidc_issuer_url`: is required for provider entra-id",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0",
+            ]),
+            &[],
+            "option `entra_id_federated_token_auth`: is true, but AZURE_FEDERATED_TOKEN_FILE is not set",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://login.microsoftonline.com/organizations/v2.0",
+            ]),
+            &token,
+            "option `entra_id_allowed_tenants`: is required with the multi-tenant issuer",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0",
+                "--entra-id-allowed-tenant=t2",
+            ]),
+            &token,
+            "only applies to a common or organizations issuer",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--client-secret=s",
+                "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0",
+            ]),
+            &token,
+            "set exactly one client credential, but client_secret and entra_id_federated_token_auth are set",
+        ),
+        (
+            entra(&["--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0"]),
+            &[],
+            "set entra_id_federated_token_auth = true (workload identity, no secret)",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0",
+                "--entra-id-issuer-template=https://login.microsoftonline.com/v2.0",
+            ]),
+            &token,
+            "option `entra_id_issuer_template`: `https://login.microsoftonline.com/v2.0` must contain {tenantid}",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://sso.example.com/t1/v2.0",
+            ]),
+            &token,
+            "option `entra_id_graph_url`: cannot tell which Microsoft Graph serves",
+        ),
+        (
+            entra(&[
+                "--entra-id-federated-token-auth",
+                "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0",
+            ]),
+            &[("AZURE_FEDERATED_TOKEN_FILE", "/t"), ("AZURE_TENANT_ID", "t2")],
+            "names tenant t1, but AZURE_TENANT_ID is t2",
+        ),
+        (
+            entra(&["--jwt-key=garbage", "--oidc-issuer-url=https://login.microsoftonline.com/t1/v2.0"]),
+            &[],
+            "option `jwt_key`: is not a PEM RSA private key",
+        ),
+        (
+            {
+                let mut a: Vec<String> = base_args().into_iter().map(String::from).collect();
+                a.push("--entra-id-federated-token-auth".into());
+                a
+            },
+            &token,
+            "option `entra_id_federated_token_auth`: applies to provider = \"entra-id\" only",
+        ),
+        (
+            {
+                let mut a: Vec<String> = base_args().into_iter().map(String::from).collect();
+                a.push("--client-assertion-file=/t".into());
+                a
+            },
+            &[],
+            "set exactly one client credential, but client_secret and client_assertion_file are set",
+        ),
+        (
+            {
+                let mut a: Vec<String> = base_args().into_iter().map(String::from).collect();
+                a.push("--cookie-refresh=200h".into());
+                a
+            },
+            &[],
+            "option `cookie_refresh`: must be shorter than cookie_expire",
+        ),
+        (
+            {
+                let mut a: Vec<String> = base_args().into_iter().map(String::from).collect();
+                a[1] = "--provider=azure".into();
+                a
+            },
+            &[],
+            "use provider = \"entra-id\"",
+        ),
+    ];
+    for (args, env_pairs, expected) in cases {
+        let inv = load(args.clone(), env(env_pairs)).map_err(|e| e.to_string());
+        let err = inv
+            .and_then(|i| Config::from_values(&i.values).map_err(|e| e.to_string()))
+            .unwrap_err();
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 }

@@ -14,7 +14,8 @@ use rand::RngCore;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-const VERSION: u8 = 1;
+/// 2: sessions carry `refreshed_at` and `groups_from_graph`. Older values read as no session.
+const VERSION: u8 = 2;
 const NONCE_LEN: usize = 12;
 /// Refuse to decompress more than this, even from an authenticated value.
 const MAX_PLAINTEXT: usize = 256 * 1024;
@@ -137,6 +138,8 @@ mod tests {
             id_token: Some("eyJ".repeat(300)),
             refresh_token: None,
             tokens_expire_at: Some(1_700_003_600),
+            refreshed_at: 1_700_000_000,
+            groups_from_graph: false,
         }
     }
 

@@ -209,6 +209,7 @@ mod tests {
         CookieConfig {
             name: "_oauth2_proxy".into(),
             secret: Secret::new(vec![0; 32]),
+            refresh: Duration::ZERO,
             domains: vec!["example.com".into(), "app.example.com".into()],
             path: "/".into(),
             expire: Duration::from_secs(3600),

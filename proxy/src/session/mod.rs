@@ -23,6 +23,10 @@ pub struct Session {
     pub refresh_token: Option<String>,
     /// When the provider's tokens expire, for refresh.
     pub tokens_expire_at: Option<u64>,
+    /// When the tokens were last obtained (login or refresh), for `cookie_refresh`.
+    pub refreshed_at: u64,
+    /// The groups came from Microsoft Graph (Entra groups overage), so a refresh must ask again.
+    pub groups_from_graph: bool,
 }
 
 impl Session {
@@ -48,6 +52,9 @@ impl fmt::Debug for Session {
             .field("access_token", &redact(&self.access_token))
             .field("id_token", &redact(&self.id_token))
             .field("refresh_token", &redact(&self.refresh_token))
+            .field("tokens_expire_at", &self.tokens_expire_at)
+            .field("refreshed_at", &self.refreshed_at)
+            .field("groups_from_graph", &self.groups_from_graph)
             .finish()
     }
 }
