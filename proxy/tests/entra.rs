@@ -54,6 +54,9 @@ struct Setup<'a> {
     extra: &'a [&'a str],
     /// Write a valid token before start-up.
     token: bool,
+    /// Leave oidc_issuer_url out: the issuer comes from AZURE_AUTHORITY_HOST + AZURE_TENANT_ID,
+    /// as for a sovereign cloud configured by the Azure workload identity webhook.
+    authority_from_env: bool,
 }
 
 impl Default for Setup<'_> {
@@ -64,6 +67,7 @@ impl Default for Setup<'_> {
             subject_sa: SA,
             extra: &[],
             token: true,
+            authority_from_env: false,
         }
     }
 }
@@ -89,7 +93,6 @@ async fn start(s: Setup<'_>) -> Entra {
     let mut args: Vec<String> = [
         "--provider=entra-id".to_string(),
         "--entra-id-federated-token-auth=true".into(),
-        format!("--oidc-issuer-url={}/{}/v2.0", idp.base, s.issuer_segment),
         format!("--entra-id-graph-url={}", idp.base),
         format!("--cookie-secret={COOKIE_SECRET}"),
         "--cookie-secure=false".into(),
@@ -99,12 +102,19 @@ async fn start(s: Setup<'_>) -> Entra {
         "--pass-user-headers=true".into(),
     ]
     .into();
+    if !s.authority_from_env {
+        args.push(format!("--oidc-issuer-url={}/{}/v2.0", idp.base, s.issuer_segment));
+    }
     args.extend(s.extra.iter().map(|a| a.to_string()));
-    let env = [
+    let authority = format!("{}/", idp.base);
+    let mut env = vec![
         ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
         ("AZURE_CLIENT_ID", CLIENT),
         ("AZURE_TENANT_ID", s.tenants[0]),
     ];
+    if s.authority_from_env {
+        env.push(("AZURE_AUTHORITY_HOST", &authority));
+    }
     let proxy = Proxy::start_with_env(listener, &args, &env).await;
     Entra {
         idp,
@@ -236,6 +246,33 @@ async fn login_works_without_an_email_claim_using_the_object_id() {
     assert_eq!(header(&v, "x-forwarded-user"), "eeeeeeee-0000-4000-8000-00000000000e");
     assert_eq!(header(&v, "x-forwarded-preferred-username"), "erin@contoso.example");
     assert!(v["headers"].get("x-forwarded-email").is_none());
+}
+
+#[tokio::test]
+async fn a_sovereign_cloud_authority_and_issuer_template_from_configuration() {
+    // No oidc_issuer_url: AZURE_AUTHORITY_HOST (here the emulated cloud's host) and
+    // AZURE_TENANT_ID give the issuer, and the template follows from it.
+    let e = start(Setup {
+        authority_from_env: true,
+        ..Setup::default()
+    })
+    .await;
+    let client = browser();
+    assert_eq!(login(&client, &e.proxy.url, "/", "alice", "alice-password").await.status(), 302);
+    assert_eq!(
+        view(&client, &format!("{}/", e.proxy.url)).await["headers"]["x-forwarded-email"][0],
+        "alice@example.com"
+    );
+
+    // A template naming another cloud refuses this cloud's tokens.
+    let other = start(Setup {
+        extra: &["--entra-id-issuer-template=https://login.microsoftonline.us/{tenantid}/v2.0"],
+        ..Setup::default()
+    })
+    .await;
+    let client = browser();
+    let resp = client.get(format!("{}/oauth2/start", other.proxy.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "the discovery document names an issuer outside the template");
 }
 
 #[tokio::test]
