@@ -141,6 +141,14 @@ async fn view(client: &reqwest::Client, url: &str) -> serde_json::Value {
     resp.json().await.unwrap()
 }
 
+/// Logs `user` in and expects the callback to fail with `status` and no session; returns the page.
+async fn failed_login(proxy: &Proxy, user: &str, status: u16) -> String {
+    let resp = login(&browser(), &proxy.url, "/", user, &format!("{user}-password")).await;
+    assert_eq!(resp.status(), status);
+    assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none(), "no session");
+    resp.text().await.unwrap()
+}
+
 fn header<'a>(view: &'a serde_json::Value, name: &str) -> &'a str {
     view["headers"][name][0].as_str().unwrap_or_else(|| panic!("no {name} in {view}"))
 }
@@ -279,10 +287,7 @@ async fn a_sovereign_cloud_authority_and_issuer_template_from_configuration() {
 async fn an_expired_assertion_is_explained() {
     let e = start(Setup::default()).await;
     std::fs::write(&e.token_file, e.cluster.token(NAMESPACE, SA, AUDIENCE, -60)).unwrap();
-    let client = browser();
-    let resp = login(&client, &e.proxy.url, "/", "alice", "alice-password").await;
-    assert_eq!(resp.status(), 403);
-    let page = resp.text().await.unwrap();
+    let page = failed_login(&e.proxy, "alice", 403).await;
     assert!(page.contains("AADSTS700024"), "{page}");
     assert!(page.contains("the service-account token expired at"), "{page}");
 }
@@ -294,10 +299,7 @@ async fn a_subject_without_a_federated_credential_gets_the_exact_registration_hi
         ..Setup::default()
     })
     .await;
-    let client = browser();
-    let resp = login(&client, &e.proxy.url, "/", "alice", "alice-password").await;
-    assert_eq!(resp.status(), 403);
-    let page = resp.text().await.unwrap();
+    let page = failed_login(&e.proxy, "alice", 403).await;
     assert!(page.contains("AADSTS700213"), "{page}");
     for needle in [
         format!("issuer {}", e.cluster.issuer),
@@ -321,9 +323,7 @@ async fn a_missing_token_file_is_not_ready_until_it_is_projected() {
     assert_eq!(resp.status(), 503);
     assert!(resp.text().await.unwrap().contains("client credential"));
     // A login attempt fails with the cause instead of sending no credential.
-    let resp = login(&client, &e.proxy.url, "/", "alice", "alice-password").await;
-    assert_eq!(resp.status(), 503);
-    let page = resp.text().await.unwrap();
+    let page = failed_login(&e.proxy, "alice", 503).await;
     assert!(
         page.contains("AZURE_FEDERATED_TOKEN_FILE") && page.contains("not mounted"),
         "{page}"
@@ -339,11 +339,7 @@ async fn a_missing_token_file_is_not_ready_until_it_is_projected() {
 #[tokio::test]
 async fn a_graph_failure_is_a_login_error_not_an_empty_group_list() {
     let e = start(Setup::default()).await;
-    let client = browser();
-    let resp = login(&client, &e.proxy.url, "/", "frank", "frank-password").await;
-    assert_eq!(resp.status(), 502);
-    assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none(), "no session");
-    let page = resp.text().await.unwrap();
+    let page = failed_login(&e.proxy, "frank", 502).await;
     assert!(page.contains("Microsoft Graph answered 503"), "{page}");
 }
 
@@ -357,10 +353,7 @@ async fn multi_tenant_issuers_admit_only_allowed_tenants() {
         ..Setup::default()
     })
     .await;
-    let client = browser();
-    let resp = login(&client, &only_a.proxy.url, "/", "alice", "alice-password").await;
-    assert_eq!(resp.status(), 403);
-    let page = resp.text().await.unwrap();
+    let page = failed_login(&only_a.proxy, "alice", 403).await;
     assert!(page.contains(TENANT_B) && page.contains("entra_id_allowed_tenants"), "{page}");
 
     let both = start(Setup {
