@@ -25,6 +25,7 @@ use crate::oidc::{Clock, Oidc, OidcError, unix};
 use crate::pages;
 use crate::redirect::RedirectPolicy;
 use crate::refresh::{self, Outcome, SingleFlight};
+use crate::routes;
 use crate::session::codec::{Purpose, Sealer};
 use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
 use crate::session::{LoginState, Session};
@@ -45,13 +46,15 @@ enum Failure {
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request: {0}")]
+    BadPath(#[from] routes::PathError),
 }
 
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
             Failure::LoginState | Failure::Denied(_) | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
-            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::BadRequest(_) | Failure::BadPath(_) => StatusCode::BAD_REQUEST,
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => StatusCode::BAD_GATEWAY,
             Failure::Provider(_) => StatusCode::FORBIDDEN,
@@ -66,7 +69,7 @@ impl Failure {
             Failure::Denied(_) => "Access denied",
             Failure::Upstream(_) => "The application is not responding",
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => "Sign-in is unavailable",
-            Failure::BadRequest(_) => "Bad request",
+            Failure::BadRequest(_) | Failure::BadPath(_) => "Bad request",
             _ => "Sign-in failed",
         }
     }
@@ -216,16 +219,56 @@ impl App {
     }
 
     /// A request for the application itself.
-    async fn protected(&self, req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+    async fn protected(&self, mut req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+        // One normalized path for the access rules, upstream routing and the upstream itself.
+        let path = match routes::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => return (self.fail(Failure::BadPath(e), &meta.request_id), None),
+        };
+        if let Err(e) = set_path(&mut req, &routes::encode(&path)) {
+            return (self.fail(Failure::BadPath(e), &meta.request_id), None);
+        }
+        if self.cfg.routes.skips(req.method(), &path) {
+            let h = req.headers_mut();
+            for name in routes::METHOD_OVERRIDE_HEADERS {
+                h.remove(*name);
+            }
+            return self.forward_unauthenticated(req, peer, meta).await;
+        }
         let mut lookup = self.session(req.headers()).await;
         let Some(session) = lookup.session.take() else {
-            let mut resp = self.unauthenticated(&req).await;
+            let mut resp = if self.cfg.routes.is_api(&path) {
+                text(StatusCode::UNAUTHORIZED, "Unauthorized")
+            } else {
+                self.unauthenticated(&req).await
+            };
             lookup.add_cookies(&mut resp);
             return (resp, None);
         };
         let (mut resp, user) = self.forward(req, peer, meta, session).await;
         lookup.add_cookies(&mut resp);
         (resp, user)
+    }
+
+    /// A skip-auth request: no session is read and no identity is sent (client copies of the
+    /// identity headers were already stripped); the proxy's cookies still stay here.
+    async fn forward_unauthenticated(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        meta: &RequestMeta,
+    ) -> (Response<Body>, Option<String>) {
+        let Some(upstream) = self.upstreams.route(req.uri().path()) else {
+            return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id), None);
+        };
+        strip_own_cookies(req.headers_mut(), &self.cfg.cookie.name);
+        match self.upstreams.serve(upstream, req, peer, self.cfg.pass_host_header).await {
+            Ok(resp) => (resp, None),
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = ?meta.request_id, "upstream request failed");
+                (self.fail(Failure::Upstream(e), &meta.request_id), None)
+            }
+        }
     }
 
     async fn forward(
@@ -246,12 +289,7 @@ impl App {
             );
         };
         let h = req.headers_mut();
-        if let Some(cookie) = strip_proxy_cookies(h, &self.cfg.cookie.name) {
-            h.remove(header::COOKIE);
-            if let Some(kept) = cookie {
-                h.insert(header::COOKIE, kept);
-            }
-        }
+        strip_own_cookies(h, &self.cfg.cookie.name);
         headers::set_upstream_headers(h, &self.cfg.headers, &session);
         let user = Some(session.email.clone());
         match self.upstreams.serve(upstream, req, peer, self.cfg.pass_host_header).await {
@@ -663,6 +701,28 @@ impl CookieWriter<'_> {
     fn set_csrf(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         self.set_with_samesite(name, value, max_age, |s| if s == SameSite::Strict { SameSite::Lax } else { s })
     }
+}
+
+/// The proxy's own cookies never reach the application.
+fn strip_own_cookies(h: &mut HeaderMap, cookie_name: &str) {
+    if let Some(cookie) = strip_proxy_cookies(h, cookie_name) {
+        h.remove(header::COOKIE);
+        if let Some(kept) = cookie {
+            h.insert(header::COOKIE, kept);
+        }
+    }
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path(req: &mut Request<Incoming>, path: &str) -> Result<(), routes::PathError> {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| routes::PathError::Control)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| routes::PathError::Control)?;
+    Ok(())
 }
 
 fn request_host(headers: &HeaderMap) -> Option<&str> {

@@ -27,6 +27,7 @@ pub mod oidc;
 pub mod pages;
 pub mod redirect;
 pub mod refresh;
+pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -276,3 +276,29 @@ fn content_type(path: &Path) -> &'static str {
         _ => "application/octet-stream",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths are normalized before routing, so a `..` should never get here; the file
+    /// upstream refuses it anyway (defence in depth).
+    #[test]
+    fn file_paths_never_leave_the_directory() {
+        let dir = Path::new("/srv/www");
+        assert_eq!(
+            file_path(dir, "/static/", "/static/a/b.txt"),
+            Some(PathBuf::from("/srv/www/a/b.txt"))
+        );
+        for bad in [
+            "/static/../etc/passwd",
+            "/static/%2e%2e/etc/passwd",
+            "/static/..%2fetc/passwd",
+            "/static/a%5c..%5cb",
+            "/static/a%00b",
+            "/other/a.txt",
+        ] {
+            assert_eq!(file_path(dir, "/static/", bad), None, "{bad}");
+        }
+    }
+}

@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::client_auth::{ClientAuth, JwtSigner};
 use crate::entra::{self, EntraConfig};
+use crate::routes::AccessRoutes;
 use crate::secret::Secret;
 pub use load::{Invocation, LoadError, Values, load};
 
@@ -153,6 +154,7 @@ pub struct Config {
     pub pass_host_header: bool,
     pub provider: ProviderConfig,
     pub authz: AuthzConfig,
+    pub routes: AccessRoutes,
     pub whitelist_domains: Vec<String>,
     pub skip_provider_button: bool,
     pub headers: HeaderConfig,
@@ -261,6 +263,13 @@ impl Config {
             proxy_prefix,
             provider,
             authz,
+            routes: AccessRoutes::new(
+                &v.list("skip_auth_routes"),
+                &v.list("skip_auth_regex"),
+                &v.list("api_routes"),
+                v.bool("skip_auth_preflight"),
+            )
+            .map_err(|(option, message)| invalid(option, message))?,
             whitelist_domains,
             skip_provider_button: v.bool("skip_provider_button"),
             headers,

@@ -842,7 +842,7 @@ pub static OPTIONS: &[Opt] = &[
         "skip_auth_regex",
         List,
         "",
-        Planned,
+        Supported,
         "Paths that skip authentication (regex).",
     ),
     o(
@@ -850,15 +850,15 @@ pub static OPTIONS: &[Opt] = &[
         "skip_auth_routes",
         List,
         "",
-        Planned,
-        "METHOD=path-regex routes that skip authentication.",
+        Supported,
+        "Routes that skip authentication: METHOD=regex, METHOD!=regex (every other method) or regex, matched against the decoded, dot-segment-resolved path without the query.",
     ),
     o(
         "skip-auth-preflight",
         "skip_auth_preflight",
         Bool,
         "false",
-        Planned,
+        Supported,
         "Let CORS preflight (OPTIONS) requests through unauthenticated.",
     ),
     o(
@@ -866,8 +866,8 @@ pub static OPTIONS: &[Opt] = &[
         "api_routes",
         List,
         "",
-        Planned,
-        "Path regexes that answer 401 instead of redirecting.",
+        Supported,
+        "Path regexes (on the normalized path) that answer 401 to unauthenticated requests instead of starting a login.",
     ),
     o(
         "skip-jwt-bearer-tokens",
