@@ -170,8 +170,7 @@ pub struct AssertionClaims {
 }
 
 pub fn inspect(jwt: &str) -> Option<AssertionClaims> {
-    let payload = URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1)?.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&payload).ok()?;
+    let claims = crate::oidc::decode_payload(jwt)?;
     let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let aud = match claims.get("aud") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],

@@ -135,9 +135,11 @@ struct TokenErrorResponse {
     error_codes: Vec<u32>,
 }
 
-/// The result of a refresh: new tokens, and the claims of a new ID token when one came back.
+/// The result of a refresh: new tokens, the claims of a new ID token when one came back, and
+/// the groups Graph reported when the session's groups come from there.
 pub struct Refreshed {
     pub identity: Option<Identity>,
+    pub graph_groups: Option<Vec<String>>,
     pub access_token: String,
     pub id_token: Option<String>,
     pub refresh_token: Option<String>,
@@ -462,8 +464,10 @@ impl Oidc {
             .or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
         identity.refresh_token = response.refresh_token;
         identity.id_token = Some(id_token);
+        if identity.groups_from_graph {
+            identity.groups = self.graph_groups(&response.access_token).await?;
+        }
         identity.access_token = Some(response.access_token);
-        self.resolve_groups(&mut identity).await?;
         Ok(identity)
     }
 
@@ -478,30 +482,26 @@ impl Oidc {
         ];
         let response = self.token_request(&d, form).await?;
         let now = unix((self.clock)());
-        let mut identity = match &response.id_token {
+        let (identity, id_token_exp) = match &response.id_token {
             Some(raw) => {
                 let claims = self.verify_id_token(&d, raw, None).await?;
-                Some(self.identity_from_claims(&claims)?)
+                (
+                    Some(self.identity_from_claims(&claims)?),
+                    claims.get("exp").and_then(|v| v.as_u64()),
+                )
             }
-            None => None,
+            None => (None, None),
         };
-        let tokens_expire_at = response.expires_in.map(|e| now + e).or_else(|| {
-            response
-                .id_token
-                .as_deref()
-                .and_then(decode_payload)
-                .and_then(|c| c.get("exp").and_then(|v| v.as_u64()))
-        });
-        let needs_graph = identity.as_ref().map(|i| i.groups_from_graph).unwrap_or(groups_from_graph);
-        if needs_graph {
-            let mut fresh = identity.take().unwrap_or_default();
-            fresh.groups_from_graph = true;
-            fresh.access_token = Some(response.access_token.clone());
-            self.resolve_groups(&mut fresh).await?;
-            identity = Some(fresh);
-        }
+        let tokens_expire_at = response.expires_in.map(|e| now + e).or(id_token_exp);
+        // A new ID token says whether the user is (still) over the limit; without one, the
+        // session's last answer stands.
+        let graph_groups = match identity.as_ref().map_or(groups_from_graph, |i| i.groups_from_graph) {
+            true => Some(self.graph_groups(&response.access_token).await?),
+            false => None,
+        };
         Ok(Refreshed {
             identity,
+            graph_groups,
             access_token: response.access_token,
             id_token: response.id_token,
             refresh_token: response.refresh_token,
@@ -511,16 +511,13 @@ impl Oidc {
 
     /// Entra groups overage: the ID token has no groups, Graph has them. A Graph failure is
     /// a failed login, never a silently empty group list.
-    async fn resolve_groups(&self, identity: &mut Identity) -> Result<(), OidcError> {
-        let (Some(e), true) = (&self.cfg.entra, identity.groups_from_graph) else {
-            return Ok(());
-        };
-        let token = identity
-            .access_token
-            .as_deref()
-            .ok_or_else(|| entra::GraphError::Parse("no access token to call Graph with".into()))?;
-        identity.groups = entra::group_ids(&self.http, &e.graph_url, token).await?;
-        Ok(())
+    async fn graph_groups(&self, access_token: &str) -> Result<Vec<String>, OidcError> {
+        let e = self
+            .cfg
+            .entra
+            .as_ref()
+            .expect("groups_from_graph is only set for the entra-id provider");
+        Ok(entra::group_ids(&self.http, &e.graph_url, access_token).await?)
     }
 
     /// Verifies an ID token and returns its claims as JSON.
@@ -643,7 +640,9 @@ impl Oidc {
 
 const NO_MATCHING_KEY: &str = "no key in the provider's JWKS matches the token's key id";
 
-fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+/// A JWT's payload, NOT verified: callers either verified the signature first or only use it
+/// to describe the token.
+pub fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let payload = raw.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))

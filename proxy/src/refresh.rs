@@ -45,6 +45,10 @@ pub fn apply(old: &Session, r: Refreshed, now: u64) -> Session {
         s.groups = id.groups;
         s.groups_from_graph = id.groups_from_graph;
     }
+    if let Some(groups) = r.graph_groups {
+        s.groups = groups;
+        s.groups_from_graph = true;
+    }
     s.access_token = Some(r.access_token);
     s.id_token = r.id_token.or(s.id_token);
     // Providers that rotate refresh tokens send a new one; others keep the old one valid.
@@ -159,6 +163,7 @@ mod tests {
         };
         let r = Refreshed {
             identity: None,
+            graph_groups: None,
             access_token: "a2".into(),
             id_token: None,
             refresh_token: None,
@@ -173,6 +178,18 @@ mod tests {
             (s.refreshed_at, s.tokens_expire_at, s.groups.clone()),
             (50, Some(99), vec!["g".to_string()])
         );
+        // No new ID token, but Graph answered: only the groups change, the user stays.
+        let r = Refreshed {
+            identity: None,
+            graph_groups: Some(vec!["g2".into()]),
+            access_token: "a3".into(),
+            id_token: None,
+            refresh_token: None,
+            tokens_expire_at: None,
+        };
+        let s = apply(&old, r, 60);
+        assert_eq!((s.user.as_str(), s.email.as_str()), ("u", "e@x"));
+        assert_eq!((s.groups, s.groups_from_graph), (vec!["g2".to_string()], true));
     }
 
     #[tokio::test]

@@ -497,12 +497,7 @@ fn rand_u64() -> u64 {
 
 /// The `jti` of a JWT, read without verification.
 pub fn jti(jwt: &str) -> String {
-    sidekey_proxy::client_auth::inspect(jwt).map(|_| ()).unwrap();
-    use base64::Engine;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(jwt.split('.').nth(1).unwrap())
-        .unwrap();
-    serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["jti"]
+    sidekey_proxy::oidc::decode_payload(jwt).unwrap()["jti"]
         .as_str()
         .unwrap()
         .to_string()
