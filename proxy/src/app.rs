@@ -13,13 +13,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::RngCore;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, Constraints};
 use crate::body::{Body, full};
-use crate::config::{Config, SameSite};
+use crate::config::{Config, SameSite, UpstreamTarget};
+use crate::forwarded::Origin;
 use crate::headers;
 use crate::oidc::{Clock, Oidc, OidcError, unix};
 use crate::pages;
@@ -30,6 +32,9 @@ use crate::session::codec::{Purpose, Sealer};
 use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
 use crate::session::{LoginState, Session};
 use crate::upstream::{UpstreamError, Upstreams};
+
+/// RFC 3986 unreserved characters stay as they are (a JWT needs no escaping).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Why a request did not get what it asked for; decides status, page and log level.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,8 @@ struct Paths {
     sign_out: String,
     userinfo: String,
     auth: String,
+    /// `auth` + `/`: Envoy's ext_authz appends the app's path to the auth URL.
+    auth_subtree: String,
 }
 
 pub struct App {
@@ -113,12 +120,16 @@ impl Lookup {
     }
 }
 
-/// What a request looked like before handling, for the access log.
-struct RequestMeta {
+/// What is known about a request before handling it: for routing decisions, redirects,
+/// cookies and the access log.
+struct Ctx {
     method: Method,
     path: String,
     request_id: HeaderValue,
     started: Instant,
+    peer: SocketAddr,
+    /// The original request as a trusted front end describes it (or as it arrived).
+    origin: Origin,
 }
 
 impl App {
@@ -136,6 +147,7 @@ impl App {
             sign_out: format!("{prefix}/sign_out"),
             userinfo: format!("{prefix}/userinfo"),
             auth: format!("{prefix}/auth"),
+            auth_subtree: format!("{prefix}/auth/"),
         };
         Ok(App {
             authz: Authorizer::new(&cfg.authz.email_domains, emails, &cfg.authz.allowed_groups),
@@ -156,25 +168,29 @@ impl App {
         &self.oidc
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let meta = RequestMeta {
+    /// Handles one request. `scheme` is the listener's (`http` or `https`).
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+        headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
+        let origin = Origin::read(req.headers_mut(), peer.ip(), scheme, &self.cfg.trust);
+        let cx = Ctx {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             request_id: self.request_id(req.headers()),
             started: Instant::now(),
+            peer,
+            origin,
         };
-        headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
         req.headers_mut()
-            .insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
+            .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
 
-        let (mut resp, user) = self.route(req, peer, &meta).await;
+        let (mut resp, user) = self.route(req, &cx).await;
         resp.headers_mut()
-            .insert(self.cfg.logging.request_id_header.clone(), meta.request_id.clone());
-        self.log_request(&meta, resp.status(), user.as_deref(), peer);
+            .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
+        self.log_request(&cx, resp.status(), user.as_deref());
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+    async fn route(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         let path = req.uri().path();
         if path == self.cfg.ping_path {
             return (text(StatusCode::OK, "OK"), None);
@@ -199,92 +215,144 @@ impl App {
         }
         if path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/') {
             let result = if path == self.paths.start {
-                self.start(&req, None).await
+                self.start(&req, cx, None).await
             } else if path == self.paths.callback {
-                self.callback(&req).await
+                self.callback(&req, cx).await
             } else if path == self.paths.sign_in {
-                Ok(self.sign_in_page(&req, StatusCode::OK, None))
+                Ok(self.sign_in_page(&req, cx, StatusCode::OK, None))
             } else if path == self.paths.sign_out {
-                Ok(self.sign_out(&req))
+                Ok(self.sign_out(&req, cx).await)
             } else if path == self.paths.userinfo {
-                Ok(self.userinfo(&req).await)
-            } else if path == self.paths.auth {
-                return self.auth(&req).await;
+                Ok(self.userinfo(&req, cx).await)
+            } else if path == self.paths.auth || path.starts_with(&self.paths.auth_subtree) {
+                return self.auth(&req, cx).await;
             } else {
                 Ok(text(StatusCode::NOT_FOUND, "404 page not found"))
             };
-            return (result.unwrap_or_else(|f| self.fail(f, &meta.request_id)), None);
+            return (result.unwrap_or_else(|f| self.fail(f, &cx.request_id)), None);
         }
-        self.protected(req, peer, meta).await
+        self.protected(req, cx).await
     }
 
     /// A request for the application itself.
-    async fn protected(&self, mut req: Request<Incoming>, peer: SocketAddr, meta: &RequestMeta) -> (Response<Body>, Option<String>) {
+    async fn protected(&self, mut req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         // One normalized path for the access rules, upstream routing and the upstream itself.
         let path = match routes::normalize(req.uri().path()) {
             Ok(p) => p,
-            Err(e) => return (self.fail(Failure::BadPath(e), &meta.request_id), None),
+            Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
         };
         if let Err(e) = set_path(&mut req, &routes::encode(&path)) {
-            return (self.fail(Failure::BadPath(e), &meta.request_id), None);
+            return (self.fail(Failure::BadPath(e), &cx.request_id), None);
         }
-        if self.cfg.routes.skips(req.method(), &path) {
+        // A static upstream answers a front end's auth subrequest (the Traefik/Envoy pattern):
+        // the app's request is what a trusted front end forwarded, not this request.
+        let forward_auth = self
+            .upstreams
+            .route(&path)
+            .is_some_and(|u| matches!(u.target, UpstreamTarget::Static(_)));
+        let (method, rule_path, original) = if forward_auth {
+            match self.forwarded_app_request(&req, cx) {
+                Ok(t) => t,
+                Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
+            }
+        } else {
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+            (req.method().clone(), path, pq)
+        };
+        if self.cfg.routes.skips(&method, &rule_path) {
             let h = req.headers_mut();
             for name in routes::METHOD_OVERRIDE_HEADERS {
                 h.remove(*name);
             }
-            return self.forward_unauthenticated(req, peer, meta).await;
+            return self.forward_unauthenticated(req, cx).await;
         }
-        let mut lookup = self.session(req.headers()).await;
+        let mut lookup = self.session(req.headers(), cx).await;
         let Some(session) = lookup.session.take() else {
-            let mut resp = if self.cfg.routes.is_api(&path) {
+            let mut resp = if self.cfg.routes.is_api(&rule_path) {
                 text(StatusCode::UNAUTHORIZED, "Unauthorized")
             } else {
-                self.unauthenticated(&req).await
+                self.unauthenticated(&req, cx, original).await
             };
             lookup.add_cookies(&mut resp);
             return (resp, None);
         };
-        let (mut resp, user) = self.forward(req, peer, meta, session).await;
+        let (mut resp, user) = self.forward(req, cx, session).await;
         lookup.add_cookies(&mut resp);
         (resp, user)
     }
 
+    /// For a front end's auth subrequest: the app request's method, normalized path (for the
+    /// access rules) and the target to return to after signing in. Only a trusted front end's
+    /// `X-Forwarded-Method`/`-Uri` count; otherwise the subrequest itself is the request.
+    fn forwarded_app_request(&self, req: &Request<Incoming>, cx: &Ctx) -> Result<(Method, String, String), routes::PathError> {
+        let uri = match &cx.origin.uri {
+            Some(u) => u.clone(),
+            None => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+        };
+        let path = routes::normalize(uri.split(['?', '#']).next().unwrap_or("/"))?;
+        let method = cx
+            .origin
+            .trusted
+            .then(|| req.headers().get("x-forwarded-method"))
+            .flatten()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or_else(|| req.method().clone());
+        Ok((method, path, self.return_target(cx, &uri)))
+    }
+
+    /// Where to send the browser after signing in, for an app URI on the original host: a
+    /// local path when the callback is on that host, else the absolute URL (which must then
+    /// pass `whitelist_domains`, as for any cross-host redirect).
+    fn return_target(&self, cx: &Ctx, uri: &str) -> String {
+        let callback_host = self
+            .cfg
+            .redirect_url
+            .as_ref()
+            .and_then(|u| u.host_str().map(|h| (h.to_string(), u.port())));
+        let same_host = match (&callback_host, &cx.origin.host) {
+            (None, _) | (_, None) => true,
+            (Some((h, port)), Some(orig)) => {
+                let expected = match port {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.clone(),
+                };
+                expected.eq_ignore_ascii_case(orig)
+            }
+        };
+        match cx.origin.base_url() {
+            Some(base) if !same_host => format!("{base}{uri}"),
+            _ => uri.to_string(),
+        }
+    }
+
     /// A skip-auth request: no session is read and no identity is sent (client copies of the
     /// identity headers were already stripped); the proxy's cookies still stay here.
-    async fn forward_unauthenticated(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        meta: &RequestMeta,
-    ) -> (Response<Body>, Option<String>) {
+    async fn forward_unauthenticated(&self, mut req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
-            return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id), None);
+            return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id), None);
         };
         strip_own_cookies(req.headers_mut(), &self.cfg.cookie.name);
-        match self.upstreams.serve(upstream, req, peer, self.cfg.pass_host_header).await {
+        match self
+            .upstreams
+            .serve(upstream, req, cx.peer, &cx.origin, self.cfg.pass_host_header)
+            .await
+        {
             Ok(resp) => (resp, None),
             Err(e) => {
-                tracing::warn!(error = %e, request_id = ?meta.request_id, "upstream request failed");
-                (self.fail(Failure::Upstream(e), &meta.request_id), None)
+                tracing::warn!(error = %e, request_id = ?cx.request_id, "upstream request failed");
+                (self.fail(Failure::Upstream(e), &cx.request_id), None)
             }
         }
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        meta: &RequestMeta,
-        session: Session,
-    ) -> (Response<Body>, Option<String>) {
+    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: Session) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             self.auth_event("denied", &session.email, &denial.to_string());
-            return (self.fail(Failure::Denied(denial), &meta.request_id), Some(session.email));
+            return (self.fail(Failure::Denied(denial), &cx.request_id), Some(session.email));
         }
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
             return (
-                self.fail(Failure::Upstream(UpstreamError::NoRoute), &meta.request_id),
+                self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id),
                 Some(session.email),
             );
         };
@@ -292,42 +360,45 @@ impl App {
         strip_own_cookies(h, &self.cfg.cookie.name);
         headers::set_upstream_headers(h, &self.cfg.headers, &session);
         let user = Some(session.email.clone());
-        match self.upstreams.serve(upstream, req, peer, self.cfg.pass_host_header).await {
+        match self
+            .upstreams
+            .serve(upstream, req, cx.peer, &cx.origin, self.cfg.pass_host_header)
+            .await
+        {
             Ok(mut resp) => {
                 headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &session);
                 (resp, user)
             }
             Err(e) => {
-                tracing::warn!(error = %e, request_id = ?meta.request_id, "upstream request failed");
-                (self.fail(Failure::Upstream(e), &meta.request_id), user)
+                tracing::warn!(error = %e, request_id = ?cx.request_id, "upstream request failed");
+                (self.fail(Failure::Upstream(e), &cx.request_id), user)
             }
         }
     }
 
     /// No valid session: JSON clients get 401; browsers get the sign-in page (403), or go
     /// straight to the provider with `skip_provider_button`.
-    async fn unauthenticated(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn unauthenticated(&self, req: &Request<Incoming>, cx: &Ctx, original: String) -> Response<Body> {
         if wants_json_only(req.headers()) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
-        let original = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
         if self.cfg.skip_provider_button {
-            let request_id = self.request_id(req.headers());
-            return self.start(req, Some(original)).await.unwrap_or_else(|f| self.fail(f, &request_id));
+            return self
+                .start(req, cx, Some(original))
+                .await
+                .unwrap_or_else(|f| self.fail(f, &cx.request_id));
         }
         let rd = self.redirects.validate(&original).unwrap_or_else(|| "/".into());
-        self.sign_in_page(req, StatusCode::FORBIDDEN, Some(rd))
+        self.sign_in_page(req, cx, StatusCode::FORBIDDEN, Some(rd))
     }
 
     /// The sign-in page. Visiting it directly ends any current session, so a shared
     /// browser never keeps the previous user's session behind the page (CVE-2026-34454 class).
     /// `rd` is given for a protected page the user asked for; without it, this is the
     /// `/sign_in` endpoint, which takes `rd` from the query and ends the current session.
-    fn sign_in_page(&self, req: &Request<Incoming>, status: StatusCode, rd: Option<String>) -> Response<Body> {
+    fn sign_in_page(&self, req: &Request<Incoming>, cx: &Ctx, status: StatusCode, rd: Option<String>) -> Response<Body> {
         let clear_session = rd.is_none();
-        let rd = rd
-            .or_else(|| query_param(req.uri().query(), "rd").and_then(|rd| self.redirects.validate(&rd)))
-            .unwrap_or_else(|| "/".into());
+        let rd = rd.or_else(|| self.requested_redirect(req, cx)).unwrap_or_else(|| "/".into());
         let body = pages::sign_in(
             &self.paths.start,
             &rd,
@@ -338,7 +409,7 @@ impl App {
         let mut resp = html(status, body);
         if clear_session {
             let cookies = RequestCookies::parse(req.headers());
-            let writer = self.cookie_writer(req.headers());
+            let writer = self.cookie_writer(cx);
             for c in writer.clear_session(&cookies) {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -348,11 +419,12 @@ impl App {
 
     /// Starts a login: state, nonce and PKCE verifier sealed into a CSRF cookie, then off
     /// to the provider.
-    async fn start(&self, req: &Request<Incoming>, target: Option<String>) -> Result<Response<Body>, Failure> {
-        let rd = target
-            .or_else(|| query_param(req.uri().query(), "rd"))
-            .and_then(|rd| self.redirects.validate(&rd))
-            .unwrap_or_else(|| "/".into());
+    async fn start(&self, req: &Request<Incoming>, cx: &Ctx, target: Option<String>) -> Result<Response<Body>, Failure> {
+        let rd = match target {
+            Some(t) => self.redirects.validate(&t),
+            None => self.requested_redirect(req, cx),
+        }
+        .unwrap_or_else(|| "/".into());
         let discovered = self.oidc.ensure().await?;
         let state = random_token();
         let nonce = random_token();
@@ -362,7 +434,7 @@ impl App {
         } else {
             (None, None)
         };
-        let redirect_uri = self.redirect_uri(req.headers());
+        let redirect_uri = self.redirect_uri(cx);
         let url = self
             .oidc
             .authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref());
@@ -376,7 +448,7 @@ impl App {
             expires_at: now + self.cfg.cookie.csrf_expire.as_secs(),
         };
         let name = self.csrf_cookie_name(&state);
-        let writer = self.cookie_writer(req.headers());
+        let writer = self.cookie_writer(cx);
         let mut resp = redirect(url.as_str());
         resp.headers_mut().append(
             header::SET_COOKIE,
@@ -385,12 +457,12 @@ impl App {
         Ok(resp)
     }
 
-    async fn callback(&self, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
+    async fn callback(&self, req: &Request<Incoming>, cx: &Ctx) -> Result<Response<Body>, Failure> {
         let query = req.uri().query();
         let state = query_param(query, "state").ok_or(Failure::LoginState)?;
         let csrf_name = self.csrf_cookie_name(&state);
         let cookies = RequestCookies::parse(req.headers());
-        let writer = self.cookie_writer(req.headers());
+        let writer = self.cookie_writer(cx);
         let login: LoginState = cookies
             .get(&csrf_name)
             .and_then(|v| self.csrf.open(&csrf_name, v).ok())
@@ -402,7 +474,7 @@ impl App {
             if let Failure::Denied(d) = &f {
                 self.auth_event("denied", "", &d.to_string());
             }
-            self.fail(f, &self.request_id(req.headers()))
+            self.fail(f, &cx.request_id)
         });
         resp.headers_mut().append(header::SET_COOKIE, clear_csrf);
         Ok(resp)
@@ -467,16 +539,40 @@ impl App {
         Ok(resp)
     }
 
-    fn sign_out(&self, req: &Request<Incoming>) -> Response<Body> {
-        let rd = query_param(req.uri().query(), "rd")
-            .and_then(|rd| self.redirects.validate(&rd))
-            .unwrap_or_else(|| "/".into());
+    /// Ends the session: cookies cleared, `backend_logout_url` called, and with
+    /// `oidc_logout` the browser continues to the provider's end-session endpoint, which
+    /// sends it back to the validated `rd`.
+    async fn sign_out(&self, req: &Request<Incoming>, cx: &Ctx) -> Response<Body> {
+        let rd = self.requested_redirect(req, cx).unwrap_or_else(|| "/".into());
         let cookies = RequestCookies::parse(req.headers());
-        let writer = self.cookie_writer(req.headers());
-        if let Some(s) = self.load_session(req.headers()) {
+        let writer = self.cookie_writer(cx);
+        let session = self.load_session(req.headers());
+        if let Some(s) = &session {
             self.auth_event("logout", &s.email, "signed out");
         }
-        let mut resp = redirect(&rd);
+        let id_token = session.as_ref().and_then(|s| s.id_token.clone());
+        if let (Some(template), Some(token)) = (&self.cfg.sign_out.backend_logout_url, &id_token) {
+            let url = template.replace("{id_token}", &utf8_percent_encode(token, UNRESERVED).to_string());
+            match self.oidc.backend_logout(&url).await {
+                Ok(status) if status.is_success() || status.is_redirection() => {}
+                Ok(status) => tracing::warn!(status = status.as_u16(), "backend_logout_url answered with an error"),
+                Err(e) => tracing::warn!(error = %e, "backend_logout_url could not be called"),
+            }
+        }
+        let location = match (self.cfg.sign_out.at_provider, self.oidc.current()) {
+            (true, Some(discovered)) => {
+                let back = match cx.origin.base_url() {
+                    Some(base) if rd.starts_with('/') => format!("{base}{rd}"),
+                    _ => rd.clone(),
+                };
+                self.oidc
+                    .end_session_url(&discovered, id_token.as_deref(), &back)
+                    .map(String::from)
+                    .unwrap_or(rd)
+            }
+            _ => rd,
+        };
+        let mut resp = redirect(&location);
         for c in writer.clear_session(&cookies) {
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
@@ -489,8 +585,8 @@ impl App {
         resp
     }
 
-    async fn userinfo(&self, req: &Request<Incoming>) -> Response<Body> {
-        let mut lookup = self.session(req.headers()).await;
+    async fn userinfo(&self, req: &Request<Incoming>, cx: &Ctx) -> Response<Body> {
+        let mut lookup = self.session(req.headers(), cx).await;
         let mut resp = match lookup.session.take().filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok()) {
             Some(s) => {
                 let body = serde_json::json!({
@@ -510,16 +606,53 @@ impl App {
         resp
     }
 
-    /// Forward-auth: 202 with identity response headers for a valid session, 401 otherwise.
+    /// Forward-auth: `auth_success_status` (202) with identity response headers for a valid,
+    /// authorized session; 401 without one; 403 when the proxy's rules or the query's
+    /// constraints (`allowed_groups`, `allowed_emails`, `allowed_email_domains`) refuse it.
     /// A refreshed session's cookies ride on this response, so the front end can pass them on.
-    async fn auth(&self, req: &Request<Incoming>) -> (Response<Body>, Option<String>) {
-        let mut lookup = self.session(req.headers()).await;
-        let (mut resp, user) = match lookup.session.take().filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok()) {
-            Some(s) => {
-                let mut resp = text(StatusCode::ACCEPTED, "");
-                headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
-                (resp, Some(s.email))
+    ///
+    /// The app request is the trusted front end's `X-Forwarded-Uri`, or the path below
+    /// `/oauth2/auth/` (Envoy's ext_authz appends the original path to the auth URL); the
+    /// skip-auth and API rules apply to it.
+    async fn auth(&self, req: &Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
+        let app_uri = cx.origin.uri.clone().or_else(|| {
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+            pq.strip_prefix(self.paths.auth_subtree.as_str()).map(|rest| format!("/{rest}"))
+        });
+        if let Some(uri) = &app_uri {
+            let path = match routes::normalize(uri.split(['?', '#']).next().unwrap_or("/")) {
+                Ok(p) => p,
+                Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
+            };
+            let method = cx
+                .origin
+                .trusted
+                .then(|| req.headers().get("x-forwarded-method"))
+                .flatten()
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .unwrap_or_else(|| req.method().clone());
+            if self.cfg.routes.skips(&method, &path) {
+                return (text(self.cfg.auth_success_status, ""), None);
             }
+        }
+        let constraints = Constraints::from_query(req.uri().query());
+        let mut lookup = self.session(req.headers(), cx).await;
+        let (mut resp, user) = match lookup.session.take() {
+            Some(s) => match self
+                .authz
+                .authorize(&s.email, &s.groups)
+                .and_then(|()| constraints.check(&s.email, &s.groups))
+            {
+                Ok(()) => {
+                    let mut resp = text(self.cfg.auth_success_status, "");
+                    headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
+                    (resp, Some(s.email))
+                }
+                Err(denial) => {
+                    self.auth_event("denied", &s.email, &denial.to_string());
+                    (text(StatusCode::FORBIDDEN, "Forbidden"), Some(s.email))
+                }
+            },
             None => (text(StatusCode::UNAUTHORIZED, "Unauthorized"), None),
         };
         lookup.add_cookies(&mut resp);
@@ -529,7 +662,7 @@ impl App {
     /// The request's session, refreshed first when it is due. Refreshes are single-flight per
     /// refresh token; a refused refresh ends the session (its cookies are cleared), an
     /// unreachable provider leaves it standing until its tokens expire.
-    async fn session(&self, headers: &HeaderMap) -> Lookup {
+    async fn session(&self, headers: &HeaderMap, cx: &Ctx) -> Lookup {
         let Some(session) = self.load_session(headers) else {
             return Lookup {
                 session: None,
@@ -563,7 +696,7 @@ impl App {
             })
             .await;
         let cookies = RequestCookies::parse(headers);
-        let writer = self.cookie_writer(headers);
+        let writer = self.cookie_writer(cx);
         match &*outcome {
             Outcome::Refreshed(fresh) => {
                 let sealed = self.sessions.seal(&self.cfg.cookie.name, fresh);
@@ -624,16 +757,29 @@ impl App {
         }
     }
 
-    fn cookie_writer(&self, headers: &HeaderMap) -> CookieWriter<'_> {
-        CookieWriter::new(&self.cfg.cookie, request_host(headers).unwrap_or(""))
+    fn cookie_writer(&self, cx: &Ctx) -> CookieWriter<'_> {
+        CookieWriter::new(&self.cfg.cookie, cx.origin.host.as_deref().unwrap_or(""))
     }
 
-    /// The callback URL sent to the provider: `redirect_url`, else derived from the request.
-    fn redirect_uri(&self, headers: &HeaderMap) -> String {
+    /// The callback URL sent to the provider: `redirect_url`, else derived from the original
+    /// request (a trusted front end's scheme and host).
+    fn redirect_uri(&self, cx: &Ctx) -> String {
         match &self.cfg.redirect_url {
             Some(u) => u.to_string(),
-            None => format!("http://{}{}", request_host(headers).unwrap_or("localhost"), self.paths.callback),
+            None => format!(
+                "{}{}",
+                cx.origin.base_url().unwrap_or_else(|| "http://localhost".into()),
+                self.paths.callback
+            ),
         }
+    }
+
+    /// The validated `rd` of `/start`, `/sign_in` and `/sign_out`: the query's, else a
+    /// trusted front end's `X-Auth-Request-Redirect` (nginx sets it to `$request_uri`).
+    fn requested_redirect(&self, req: &Request<Incoming>, cx: &Ctx) -> Option<String> {
+        query_param(req.uri().query(), "rd")
+            .or_else(|| cx.origin.auth_redirect.clone())
+            .and_then(|rd| self.redirects.validate(&rd))
     }
 
     fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
@@ -672,7 +818,7 @@ impl App {
         }
     }
 
-    fn log_request(&self, meta: &RequestMeta, status: StatusCode, user: Option<&str>, peer: SocketAddr) {
+    fn log_request(&self, meta: &Ctx, status: StatusCode, user: Option<&str>) {
         let log = &self.cfg.logging;
         if !log.request
             || (log.silence_ping && (meta.path == self.cfg.ping_path || meta.path == self.cfg.ready_path))
@@ -688,7 +834,7 @@ impl App {
             status = status.as_u16(),
             duration_ms = meta.started.elapsed().as_secs_f64() * 1000.0,
             user = user.unwrap_or("-"),
-            client = %peer.ip(),
+            client = %meta.origin.client,
             request_id = meta.request_id.to_str().unwrap_or(""),
             "request"
         );
@@ -723,13 +869,6 @@ fn set_path(req: &mut Request<Incoming>, path: &str) -> Result<(), routes::PathE
     parts.path_and_query = Some(pq.parse().map_err(|_| routes::PathError::Control)?);
     *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| routes::PathError::Control)?;
     Ok(())
-}
-
-fn request_host(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && !h.contains(['/', '\\', '@', ' ']))
 }
 
 fn wants_json_only(headers: &HeaderMap) -> bool {

@@ -74,9 +74,63 @@ impl Authorizer {
     }
 }
 
+/// Per-location constraints a front end adds to its `/oauth2/auth` URL
+/// (`?allowed_groups=a,b&allowed_emails=x@y&allowed_email_domains=y`), on top of the
+/// proxy-wide rules: one proxy can guard several apps with different audiences.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Constraints {
+    groups: Vec<String>,
+    emails: Vec<String>,
+    domains: Vec<String>,
+}
+
+impl Constraints {
+    pub fn from_query(query: Option<&str>) -> Constraints {
+        let mut c = Constraints::default();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let target = match &*k {
+                "allowed_groups" => &mut c.groups,
+                "allowed_emails" => &mut c.emails,
+                "allowed_email_domains" => &mut c.domains,
+                _ => continue,
+            };
+            target.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string));
+        }
+        c
+    }
+
+    pub fn check(&self, email: &str, groups: &[String]) -> Result<(), Denial> {
+        if !self.emails.is_empty() || !self.domains.is_empty() {
+            let a = Authorizer::new(&self.domains, self.emails.iter().cloned().collect(), &[]);
+            a.check_email(email)?;
+        }
+        if !self.groups.is_empty() && !groups.iter().any(|g| self.groups.contains(g)) {
+            return Err(Denial::GroupNotAllowed);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_constraints() {
+        let none = Constraints::from_query(Some("rd=/x"));
+        assert_eq!(none, Constraints::default());
+        assert_eq!(none.check("", &[]), Ok(()));
+        let g = Constraints::from_query(Some("allowed_groups=admins,%20ops"));
+        assert_eq!(g.check("a@b.c", &["ops".into()]), Ok(()));
+        assert_eq!(g.check("a@b.c", &["dev".into()]), Err(Denial::GroupNotAllowed));
+        let e = Constraints::from_query(Some("allowed_emails=a@b.c&allowed_email_domains=corp.net"));
+        assert_eq!(e.check("A@b.c", &[]), Ok(()));
+        assert_eq!(e.check("z@corp.net", &[]), Ok(()));
+        assert_eq!(e.check("z@badcorp.net", &[]), Err(Denial::EmailNotAllowed));
+        assert_eq!(e.check("z@corp.net@evil.io", &[]), Err(Denial::MalformedEmail));
+        let both = Constraints::from_query(Some("allowed_groups=admins&allowed_emails=a@b.c"));
+        assert_eq!(both.check("a@b.c", &["dev".into()]), Err(Denial::GroupNotAllowed));
+    }
 
     fn mk(domains: &[&str], emails: &[&str], groups: &[&str]) -> Authorizer {
         Authorizer::new(

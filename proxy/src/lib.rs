@@ -20,6 +20,7 @@ pub mod body;
 pub mod client_auth;
 pub mod config;
 pub mod entra;
+pub mod forwarded;
 pub mod headers;
 pub mod http_client;
 pub mod logging;

@@ -511,6 +511,30 @@ impl Oidc {
 
     /// Entra groups overage: the ID token has no groups, Graph has them. A Graph failure is
     /// a failed login, never a silently empty group list.
+    /// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): the provider's
+    /// `end_session_endpoint` with `id_token_hint` (or `client_id` without one) and
+    /// `post_logout_redirect_uri`. `None` when the provider has no such endpoint.
+    pub fn end_session_url(&self, d: &Discovered, id_token: Option<&str>, post_logout_redirect_uri: &str) -> Option<url::Url> {
+        let mut url = url::Url::parse(d.metadata.additional_metadata().end_session_endpoint.as_deref()?).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            match id_token {
+                Some(t) => q.append_pair("id_token_hint", t),
+                None => q.append_pair("client_id", &self.cfg.client_id),
+            };
+            q.append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        }
+        Some(url)
+    }
+
+    /// `backend_logout_url`: a server-side GET; the outcome is only logged, since the
+    /// user's own session is already gone.
+    pub async fn backend_logout(&self, url: &str) -> Result<http::StatusCode, String> {
+        let request = http::Request::get(url).body(Vec::new()).map_err(|e| e.to_string())?;
+        let resp = self.http.send(request).await.map_err(|e| error_chain(&e))?;
+        Ok(resp.status())
+    }
+
     async fn graph_groups(&self, access_token: &str) -> Result<Vec<String>, OidcError> {
         let e = self
             .cfg

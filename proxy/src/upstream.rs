@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::body::{Body, empty, full};
 use crate::config::{Upstream, UpstreamTarget};
+use crate::forwarded::Origin;
 use crate::http_client::{HttpsConnector, https_connector, tls_config};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +68,13 @@ impl Upstreams {
         upstream: &Upstream,
         req: Request<Incoming>,
         peer: SocketAddr,
+        origin: &Origin,
         pass_host: bool,
     ) -> Result<Response<Body>, UpstreamError> {
         match &upstream.target {
             UpstreamTarget::Static(code) => Ok(static_response(*code)),
             UpstreamTarget::File(dir) => Ok(serve_file(dir, &upstream.path, req.uri().path()).await),
-            UpstreamTarget::Http(origin) => self.forward(origin, req, peer, pass_host).await,
+            UpstreamTarget::Http(target) => self.forward(target, req, peer, origin, pass_host).await,
         }
     }
 
@@ -81,6 +83,7 @@ impl Upstreams {
         origin: &url::Url,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        from: &Origin,
         pass_host: bool,
     ) -> Result<Response<Body>, UpstreamError> {
         let origin_text = origin.as_str().trim_end_matches('/');
@@ -105,10 +108,20 @@ impl Upstreams {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
+        // A trusted front end's chain is extended; anyone else's claims are replaced.
+        if !from.trusted {
+            headers.remove("x-forwarded-for");
+            headers.remove("x-real-ip");
+        }
         append_forwarded_for(headers, peer);
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-        if let Some(host) = &original_host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(from.scheme));
+        if let Some(host) = from
+            .host
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+            .or(original_host.clone())
+        {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
         }
         match (&original_host, pass_host) {
             (Some(host), true) => {

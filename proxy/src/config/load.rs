@@ -91,6 +91,14 @@ impl Values {
         }
     }
 
+    pub fn int(&self, key: &str) -> i64 {
+        match self.map.get(key) {
+            Some((Value::Int(i), _)) => *i,
+            Some(_) => unreachable!("option {key} is not an integer"),
+            None => options::by_key(key).and_then(|o| o.default.parse().ok()).unwrap_or(0),
+        }
+    }
+
     pub fn list(&self, key: &str) -> Vec<String> {
         match self.map.get(key) {
             Some((Value::List(l), _)) => l.clone(),

@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::client_auth::{ClientAuth, JwtSigner};
 use crate::entra::{self, EntraConfig};
+use crate::forwarded::TrustPolicy;
 use crate::routes::AccessRoutes;
 use crate::secret::Secret;
 pub use load::{Invocation, LoadError, Values, load};
@@ -142,6 +143,14 @@ pub struct AuthzConfig {
     pub allowed_groups: Vec<String>,
 }
 
+#[derive(Clone, Debug, Default)]
+pub struct SignOutConfig {
+    /// Send the browser to the provider's `end_session_endpoint` after clearing the session.
+    pub at_provider: bool,
+    /// Called by the proxy on sign-out; `{id_token}` is replaced by the session's ID token.
+    pub backend_logout_url: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub http_address: SocketAddr,
@@ -156,6 +165,11 @@ pub struct Config {
     pub authz: AuthzConfig,
     pub routes: AccessRoutes,
     pub whitelist_domains: Vec<String>,
+    /// `reverse_proxy`, `trusted_proxy_ips`, `real_client_ip_header`.
+    pub trust: TrustPolicy,
+    /// What `/oauth2/auth` answers for an authorized request.
+    pub auth_success_status: http::StatusCode,
+    pub sign_out: SignOutConfig,
     pub skip_provider_button: bool,
     pub headers: HeaderConfig,
     pub cookie: CookieConfig,
@@ -271,6 +285,9 @@ impl Config {
             )
             .map_err(|(option, message)| invalid(option, message))?,
             whitelist_domains,
+            trust: trust_policy(v)?,
+            auth_success_status: auth_success_status(v)?,
+            sign_out: sign_out_config(v)?,
             skip_provider_button: v.bool("skip_provider_button"),
             headers,
             cookie,
@@ -279,6 +296,48 @@ impl Config {
             logging,
         })
     }
+}
+
+fn trust_policy(v: &Values) -> Result<TrustPolicy, ConfigError> {
+    let header = v.str("real_client_ip_header");
+    let header = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+        invalid(
+            "real_client_ip_header",
+            format!("`{header}` is not a header name; use e.g. X-Real-IP"),
+        )
+    })?;
+    TrustPolicy::new(v.bool("reverse_proxy"), &v.list("trusted_proxy_ips"), header).map_err(|m| invalid("trusted_proxy_ips", m))
+}
+
+fn auth_success_status(v: &Values) -> Result<http::StatusCode, ConfigError> {
+    let raw = v.int("auth_success_status");
+    u16::try_from(raw)
+        .ok()
+        .filter(|c| (200..300).contains(c))
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .ok_or_else(|| {
+            invalid(
+                "auth_success_status",
+                format!("{raw} is not a 2xx status; use 202 (nginx, Traefik, Caddy) or 200 (Envoy ext_authz)"),
+            )
+        })
+}
+
+fn sign_out_config(v: &Values) -> Result<SignOutConfig, ConfigError> {
+    let backend_logout_url = v.opt_str("backend_logout_url");
+    if let Some(raw) = &backend_logout_url {
+        let url = Url::parse(&raw.replace("{id_token}", "token")).map_err(|e| {
+            invalid(
+                "backend_logout_url",
+                format!("`{raw}` is not an absolute URL ({e}); e.g. https://idp.example.com/logout?id_token_hint={{id_token}}"),
+            )
+        })?;
+        check_secure_url("backend_logout_url", &url)?;
+    }
+    Ok(SignOutConfig {
+        at_provider: v.bool("oidc_logout"),
+        backend_logout_url,
+    })
 }
 
 fn duration_opt(v: &Values, key: &str) -> Result<Duration, ConfigError> {

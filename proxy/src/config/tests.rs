@@ -220,6 +220,21 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (&["--api-route=["], "option `api_routes`: `[` is not a valid regular expression"),
         (&["--trusted-ip=10.0.0.0/8"], "spoofable"),
         (&["--proxy-prefix=/oauth2/"], "option `proxy_prefix`"),
+        (&["--trusted-proxy-ip=10.0.0.0/33"], "option `trusted_proxy_ips`: `10.0.0.0/33`"),
+        (&["--real-client-ip-header=X Real"], "option `real_client_ip_header`"),
+        (&["--auth-success-status=302"], "option `auth_success_status`: 302 is not a 2xx"),
+        (
+            &["--auth-success-status=abc"],
+            "option `--auth-success-status`: `abc` is not a whole number",
+        ),
+        (
+            &["--backend-logout-url=http://idp.example.com/logout?t={id_token}"],
+            "option `backend_logout_url`",
+        ),
+        (
+            &["--backend-logout-url=/logout"],
+            "option `backend_logout_url`: `/logout` is not an absolute URL",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = base_args();

@@ -209,6 +209,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Notified when a `/slow` request has arrived.
     pub slow_started: Arc<tokio::sync::Notify>,
+    /// The request URIs received, in order.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -217,13 +219,17 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let slow_started = Arc::new(tokio::sync::Notify::new());
         let notify = slow_started.clone();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let notify = notify.clone();
+                let record = record.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let notify = notify.clone();
+                        record.lock().unwrap().push(req.uri().to_string());
                         async move { Ok::<_, Infallible>(echo(req, &notify).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -236,6 +242,7 @@ impl Upstream {
             url: format!("http://{addr}/"),
             addr,
             slow_started,
+            seen,
         }
     }
 }
