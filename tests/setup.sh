@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 packages=()
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
 if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
+# Real front ends and session store for the proxy's end-to-end tests.
+[ -x /usr/sbin/nginx ] || packages+=(nginx)
+[ -x /usr/bin/caddy ] || packages+=(caddy)
+[ -x /usr/bin/redis-server ] || packages+=(redis-server)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -15,7 +19,14 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${packages[*]} with apt-get"
   apt-get update -qq
+  # The tests start nginx, Caddy and Redis themselves: keep the packages' services from
+  # starting system-wide (and taking port 80 or 6379) during installation.
+  policy_rc_d=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_rc_d=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  [ -z "$policy_rc_d" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 for component in rustfmt clippy; do

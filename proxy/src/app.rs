@@ -743,9 +743,13 @@ impl App {
     /// truncated, another secret, expired — is simply no session.
     fn load_session(&self, headers: &HeaderMap) -> Option<Session> {
         let cookies = RequestCookies::parse(headers);
-        let value = cookies.session_value(&self.cfg.cookie.name)?;
-        let session: Session = self.sessions.open(&self.cfg.cookie.name, &value).ok()?;
-        (unix((self.clock)()) < session.expires_at).then_some(session)
+        let now = unix((self.clock)());
+        cookies
+            .session_values(&self.cfg.cookie.name)
+            .iter()
+            .filter_map(|value| self.sessions.open::<Session>(&self.cfg.cookie.name, value).ok())
+            .filter(|s| now < s.expires_at)
+            .max_by_key(|s| s.refreshed_at)
     }
 
     fn csrf_cookie_name(&self, state: &str) -> String {

@@ -60,6 +60,11 @@ fn put(headers: &mut HeaderMap, name: &'static str, text: &str) {
     }
 }
 
+fn put_or_empty(headers: &mut HeaderMap, name: &'static str, text: &str) {
+    let v = value(text).unwrap_or_else(|| HeaderValue::from_static(""));
+    headers.insert(HeaderName::from_static(name), v);
+}
+
 fn basic(user: &str, password: &str) -> Option<HeaderValue> {
     let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     HeaderValue::from_str(&format!("Basic {creds}")).ok()
@@ -108,14 +113,14 @@ pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
         &s.user
     };
     if cfg.set_xauthrequest {
-        put(headers, "x-auth-request-user", user);
-        put(headers, "x-auth-request-email", &s.email);
-        put(headers, "x-auth-request-groups", &s.groups.join(","));
-        put(headers, "x-auth-request-preferred-username", &s.preferred_username);
-        if cfg.pass_access_token
-            && let Some(t) = &s.access_token
-        {
-            put(headers, "x-auth-request-access-token", t);
+        // Always present, empty when unknown: Caddy 2.6's `copy_headers` sends its literal
+        // `{http.reverse_proxy.header.…}` placeholder to the app for a missing header.
+        put_or_empty(headers, "x-auth-request-user", user);
+        put_or_empty(headers, "x-auth-request-email", &s.email);
+        put_or_empty(headers, "x-auth-request-groups", &s.groups.join(","));
+        put_or_empty(headers, "x-auth-request-preferred-username", &s.preferred_username);
+        if cfg.pass_access_token {
+            put_or_empty(headers, "x-auth-request-access-token", s.access_token.as_deref().unwrap_or(""));
         }
     }
     if cfg.set_basic_auth {

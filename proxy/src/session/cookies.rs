@@ -39,9 +39,21 @@ impl<'a> RequestCookies<'a> {
 
     /// The session value: the single cookie `name`, or `name_0`, `name_1`, ... joined.
     pub fn session_value(&self, name: &str) -> Option<String> {
-        if let Some(v) = self.get(name) {
-            return Some(v.to_string());
-        }
+        self.get(name).map(str::to_string).or_else(|| self.chunked_value(name))
+    }
+
+    /// Both forms when the browser has both. A front end that passes on only the first
+    /// `Set-Cookie` of a response (nginx `auth_request`) can leave a stale form behind, so
+    /// the caller opens each and keeps the newer session.
+    pub fn session_values(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(str::to_string)
+            .into_iter()
+            .chain(self.chunked_value(name))
+            .collect()
+    }
+
+    fn chunked_value(&self, name: &str) -> Option<String> {
         let mut joined = String::new();
         for i in 0.. {
             match self.get(&chunk_name(name, i)) {
@@ -287,6 +299,17 @@ mod tests {
         assert_eq!(kept, "a=1; _oauth2_proxy_extra=keep; b=2");
         assert_eq!(strip_proxy_cookies(&headers("_oauth2_proxy=s"), "_oauth2_proxy"), Some(None));
         assert_eq!(strip_proxy_cookies(&headers("a=1"), "_oauth2_proxy"), None);
+    }
+
+    #[test]
+    fn both_forms_are_offered_when_a_stale_one_is_left_behind() {
+        let h = headers("_oauth2_proxy=old; _oauth2_proxy_0=ne; _oauth2_proxy_1=w");
+        let c = RequestCookies::parse(&h);
+        assert_eq!(c.session_values("_oauth2_proxy"), vec!["old".to_string(), "new".to_string()]);
+        assert_eq!(
+            RequestCookies::parse(&headers("a=1")).session_values("_oauth2_proxy"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
