@@ -11,6 +11,7 @@ if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then pac
 [ -x /usr/sbin/nginx ] || packages+=(nginx)
 [ -x /usr/bin/caddy ] || packages+=(caddy)
 [ -x /usr/bin/redis-server ] || packages+=(redis-server)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -30,6 +30,7 @@ use crate::refresh::{self, Outcome, SingleFlight};
 use crate::routes;
 use crate::session::codec::{Purpose, Sealer};
 use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
+use crate::session::store::{Loaded, RedisStore, Sessions, StoreError, Ticket};
 use crate::session::{LoginState, Session};
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -53,6 +54,8 @@ enum Failure {
     BadRequest(&'static str),
     #[error("bad request: {0}")]
     BadPath(#[from] routes::PathError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 impl Failure {
@@ -64,6 +67,7 @@ impl Failure {
             Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => StatusCode::BAD_GATEWAY,
             Failure::Provider(_) => StatusCode::FORBIDDEN,
             Failure::Upstream(UpstreamError::NoRoute) => StatusCode::NOT_FOUND,
+            Failure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Failure::Upstream(UpstreamError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
         }
@@ -75,6 +79,7 @@ impl Failure {
             Failure::Upstream(_) => "The application is not responding",
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => "Sign-in is unavailable",
             Failure::BadRequest(_) | Failure::BadPath(_) => "Bad request",
+            Failure::Store(_) => "Sessions are unavailable",
             _ => "Sign-in failed",
         }
     }
@@ -97,7 +102,7 @@ pub struct App {
     upstreams: Upstreams,
     authz: Authorizer,
     redirects: RedirectPolicy,
-    sessions: Sealer,
+    sessions: Sessions,
     csrf: Sealer,
     clock: Clock,
     paths: Paths,
@@ -152,7 +157,11 @@ impl App {
         Ok(App {
             authz: Authorizer::new(&cfg.authz.email_domains, emails, &cfg.authz.allowed_groups),
             redirects: RedirectPolicy::new(&cfg.whitelist_domains),
-            sessions: Sealer::new(cfg.cookie.secret.expose(), Purpose::Session),
+            sessions: Sessions::new(
+                &cfg.cookie.name,
+                cfg.cookie.secret.expose(),
+                cfg.redis.as_ref().map(RedisStore::new).transpose()?,
+            ),
             csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
             upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout)?,
             oidc,
@@ -204,6 +213,12 @@ impl App {
                     ),
                     None,
                 );
+            }
+            if let Err(e) = self.sessions.ping().await {
+                tracing::warn!(error = %e, "not ready: the session store is unreachable");
+                let mut resp = Response::new(full(format!("{e}\n")));
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return (resp, None);
             }
             return match self.oidc.current() {
                 Some(_) => (text(StatusCode::OK, "OK"), None),
@@ -266,7 +281,10 @@ impl App {
             }
             return self.forward_unauthenticated(req, cx).await;
         }
-        let mut lookup = self.session(req.headers(), cx).await;
+        let mut lookup = match self.session(req.headers(), cx).await {
+            Ok(l) => l,
+            Err(e) => return (self.fail(Failure::Store(e), &cx.request_id), None),
+        };
         let Some(session) = lookup.session.take() else {
             let mut resp = if self.cfg.routes.is_api(&rule_path) {
                 text(StatusCode::UNAUTHORIZED, "Unauthorized")
@@ -530,8 +548,19 @@ impl App {
         if self.cfg.cookie.minimal {
             session = session.minimal();
         }
+        // A login always starts a new session (a new ticket with Redis); the one it replaces
+        // is deleted rather than left valid until it expires.
+        if let Ok(Some(old)) = self.load_session_from(cookies).await
+            && let Err(e) = self.sessions.delete(old.ticket.as_ref()).await
+        {
+            tracing::warn!(error = %e, "could not delete the replaced session; it expires by itself");
+        }
+        let sealed = self
+            .sessions
+            .save(&session, None, now)
+            .await?
+            .expect("a new session always has a cookie value");
         self.auth_event("login", &session.email, "authenticated");
-        let sealed = self.sessions.seal(&self.cfg.cookie.name, &session);
         let mut resp = redirect(&login.redirect);
         for c in writer.set_session(cookies, &sealed, self.cfg.cookie.expire.as_secs()) {
             resp.headers_mut().append(header::SET_COOKIE, c);
@@ -546,11 +575,21 @@ impl App {
         let rd = self.requested_redirect(req, cx).unwrap_or_else(|| "/".into());
         let cookies = RequestCookies::parse(req.headers());
         let writer = self.cookie_writer(cx);
-        let session = self.load_session(req.headers());
-        if let Some(s) = &session {
-            self.auth_event("logout", &s.email, "signed out");
+        let loaded = match self.load_session(req.headers()).await {
+            Ok(l) => l,
+            Err(e) => {
+                // The cookies are still cleared below; the Redis entry expires by itself.
+                tracing::warn!(error = %e, "sign-out could not reach the session store");
+                None
+            }
+        };
+        if let Some(l) = &loaded {
+            self.auth_event("logout", &l.session.email, "signed out");
+            if let Err(e) = self.sessions.delete(l.ticket.as_ref()).await {
+                tracing::warn!(error = %e, "sign-out could not delete the session from the store");
+            }
         }
-        let id_token = session.as_ref().and_then(|s| s.id_token.clone());
+        let id_token = loaded.as_ref().and_then(|l| l.session.id_token.clone());
         if let (Some(template), Some(token)) = (&self.cfg.sign_out.backend_logout_url, &id_token) {
             let url = template.replace("{id_token}", &utf8_percent_encode(token, UNRESERVED).to_string());
             match self.oidc.backend_logout(&url).await {
@@ -586,7 +625,10 @@ impl App {
     }
 
     async fn userinfo(&self, req: &Request<Incoming>, cx: &Ctx) -> Response<Body> {
-        let mut lookup = self.session(req.headers(), cx).await;
+        let mut lookup = match self.session(req.headers(), cx).await {
+            Ok(l) => l,
+            Err(e) => return self.fail(Failure::Store(e), &cx.request_id),
+        };
         let mut resp = match lookup.session.take().filter(|s| self.authz.authorize(&s.email, &s.groups).is_ok()) {
             Some(s) => {
                 let body = serde_json::json!({
@@ -636,7 +678,10 @@ impl App {
             }
         }
         let constraints = Constraints::from_query(req.uri().query());
-        let mut lookup = self.session(req.headers(), cx).await;
+        let mut lookup = match self.session(req.headers(), cx).await {
+            Ok(l) => l,
+            Err(e) => return (self.fail(Failure::Store(e), &cx.request_id), None),
+        };
         let (mut resp, user) = match lookup.session.take() {
             Some(s) => match self
                 .authz
@@ -660,14 +705,15 @@ impl App {
     }
 
     /// The request's session, refreshed first when it is due. Refreshes are single-flight per
-    /// refresh token; a refused refresh ends the session (its cookies are cleared), an
-    /// unreachable provider leaves it standing until its tokens expire.
-    async fn session(&self, headers: &HeaderMap, cx: &Ctx) -> Lookup {
-        let Some(session) = self.load_session(headers) else {
-            return Lookup {
+    /// refresh token in this process and, with Redis, per session across replicas; a refused
+    /// refresh ends the session (cookies cleared, Redis entry deleted), an unreachable
+    /// provider leaves it standing until its tokens expire.
+    async fn session(&self, headers: &HeaderMap, cx: &Ctx) -> Result<Lookup, StoreError> {
+        let Some(Loaded { session, ticket }) = self.load_session(headers).await? else {
+            return Ok(Lookup {
                 session: None,
                 set_cookies: vec![],
-            };
+            });
         };
         let now = unix((self.clock)());
         let Some(refresh_token) = session
@@ -675,39 +721,40 @@ impl App {
             .clone()
             .filter(|_| refresh::due(&session, now, self.cfg.cookie.refresh))
         else {
-            return Lookup {
+            return Ok(Lookup {
                 session: Some(session),
                 set_cookies: vec![],
-            };
+            });
         };
         let outcome = self
             .refreshes
-            .run(&refresh_token, || async {
-                match self.oidc.refresh(&refresh_token, session.groups_from_graph).await {
-                    Ok(r) => {
-                        self.auth_event("refresh", &session.email, "tokens refreshed");
-                        Outcome::Refreshed(refresh::apply(&session, r, unix((self.clock)())))
-                    }
-                    Err(
-                        e @ (OidcError::Unavailable(_) | OidcError::TokenTransport(_) | OidcError::ClientAuth(_) | OidcError::Graph(_)),
-                    ) => Outcome::Unavailable(e.to_string()),
-                    Err(e) => Outcome::Ended(e.to_string()),
-                }
-            })
+            .run(&refresh_token, || self.refresh_session(&session, ticket.as_ref(), &refresh_token))
             .await;
         let cookies = RequestCookies::parse(headers);
         let writer = self.cookie_writer(cx);
-        match &*outcome {
+        Ok(match &*outcome {
             Outcome::Refreshed(fresh) => {
-                let sealed = self.sessions.seal(&self.cfg.cookie.name, fresh);
-                let remaining = fresh.expires_at.saturating_sub(now);
+                // Only the cookie store changes the cookie on refresh; a Redis ticket stays.
+                let set_cookies = if self.sessions.is_redis() {
+                    vec![]
+                } else {
+                    let sealed = self
+                        .sessions
+                        .save(fresh, None, now)
+                        .await?
+                        .expect("the cookie store always returns a value");
+                    writer.set_session(&cookies, &sealed, fresh.expires_at.saturating_sub(now))
+                };
                 Lookup {
                     session: Some(fresh.clone()),
-                    set_cookies: writer.set_session(&cookies, &sealed, remaining),
+                    set_cookies,
                 }
             }
             Outcome::Ended(why) => {
                 self.auth_event("refresh_failed", &session.email, &format!("session ended: {why}"));
+                if let Err(e) = self.sessions.delete(ticket.as_ref()).await {
+                    tracing::warn!(error = %e, "could not delete an ended session; it expires by itself");
+                }
                 Lookup {
                     session: None,
                     set_cookies: writer.clear_session(&cookies),
@@ -721,7 +768,45 @@ impl App {
                     set_cookies: if tokens_valid { vec![] } else { writer.clear_session(&cookies) },
                 }
             }
+        })
+    }
+
+    /// One refresh of one session (run once per refresh token by [`SingleFlight`]). With
+    /// Redis the refreshed session is stored under the lock, and a replica that finds the
+    /// lock taken waits for the other's result instead of spending the refresh token twice.
+    async fn refresh_session(&self, session: &Session, ticket: Option<&Ticket>, refresh_token: &str) -> Outcome {
+        match self.sessions.lock_refresh(ticket).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let t = ticket.expect("only Redis sessions can find the lock taken");
+                return match self.sessions.wait_for_refresh(t, session.refreshed_at).await {
+                    Ok(Some(fresh)) => Outcome::Refreshed(fresh),
+                    Ok(None) => Outcome::Unavailable("another replica's refresh of this session did not finish in time".into()),
+                    Err(e) => Outcome::Unavailable(e.to_string()),
+                };
+            }
+            Err(e) => return Outcome::Unavailable(e.to_string()),
         }
+        let outcome = match self.oidc.refresh(refresh_token, session.groups_from_graph).await {
+            Ok(r) => {
+                self.auth_event("refresh", &session.email, "tokens refreshed");
+                let now = unix((self.clock)());
+                let fresh = refresh::apply(session, r, now);
+                match ticket {
+                    Some(t) => match self.sessions.save(&fresh, Some(t), now).await {
+                        Ok(_) => Outcome::Refreshed(fresh),
+                        Err(e) => Outcome::Unavailable(format!("the refreshed session could not be stored: {e}")),
+                    },
+                    None => Outcome::Refreshed(fresh),
+                }
+            }
+            Err(e @ (OidcError::Unavailable(_) | OidcError::TokenTransport(_) | OidcError::ClientAuth(_) | OidcError::Graph(_))) => {
+                Outcome::Unavailable(e.to_string())
+            }
+            Err(e) => Outcome::Ended(e.to_string()),
+        };
+        self.sessions.unlock_refresh(ticket).await;
+        outcome
     }
 
     /// Whether a client credential can be produced (a federated token file is mounted and
@@ -739,17 +824,17 @@ impl App {
         ok
     }
 
-    /// The session from the request's cookies. Anything wrong with it — tampered,
-    /// truncated, another secret, expired — is simply no session.
-    fn load_session(&self, headers: &HeaderMap) -> Option<Session> {
-        let cookies = RequestCookies::parse(headers);
-        let now = unix((self.clock)());
-        cookies
-            .session_values(&self.cfg.cookie.name)
-            .iter()
-            .filter_map(|value| self.sessions.open::<Session>(&self.cfg.cookie.name, value).ok())
-            .filter(|s| now < s.expires_at)
-            .max_by_key(|s| s.refreshed_at)
+    /// The session from the request's cookies; see [`Sessions::load`].
+    async fn load_session(&self, headers: &HeaderMap) -> Result<Option<Loaded>, StoreError> {
+        self.load_session_from(&RequestCookies::parse(headers)).await
+    }
+
+    async fn load_session_from(&self, cookies: &RequestCookies<'_>) -> Result<Option<Loaded>, StoreError> {
+        let values = cookies.session_values(&self.cfg.cookie.name);
+        if values.is_empty() {
+            return Ok(None);
+        }
+        self.sessions.load(&values, unix((self.clock)())).await
     }
 
     fn csrf_cookie_name(&self, state: &str) -> String {

@@ -4,6 +4,7 @@
 // Config (all optional): { port, host, clients: [{client_id, client_secret, redirect_uris, ...}],
 //   users: {id: {password, email, email_verified, groups, preferred_username, name}},
 //   ttl: {IdToken, AccessToken, AuthorizationCode, RefreshToken} (seconds),
+//   rotateRefreshToken: true to issue a new refresh token at every refresh,
 //   entra: see ./entra.mjs — Entra ID-shaped tenants, federated credentials and Graph }
 // Prints one JSON line {"issuer": "...", "port": N, "base": "..."} on stdout once it is listening.
 // Login and consent are plain HTML forms, so both an HTTP client and a browser can drive them.
@@ -93,6 +94,9 @@ function makeProvider(issuer, { prefix = '', tenant, routes, clients = config.cl
       Grant: 3600,
     },
     interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
+    // Every refresh spends its refresh token: a second use of an old one is refused (and
+    // oidc-provider then revokes the grant), as with strict providers.
+    ...(config.rotateRefreshToken ? { rotateRefreshToken: () => true } : {}),
     ...(routes ? { routes } : {}),
     renderError: (ctx, out) => {
       ctx.type = 'html';
@@ -169,7 +173,19 @@ if (config.entra) {
   issuer = config.issuer || base;
   const provider = makeProvider(issuer);
   const callback = provider.callback();
+  // Token endpoint outcomes by grant type, for assertions: GET /_test/stats.
+  const stats = { grants: {}, grant_errors: {} };
+  const count = (bucket, ctx) => {
+    const type = ctx.oidc?.params?.grant_type || 'unknown';
+    bucket[type] = (bucket[type] || 0) + 1;
+  };
+  provider.on('grant.success', (ctx) => count(stats.grants, ctx));
+  provider.on('grant.error', (ctx) => count(stats.grant_errors, ctx));
   server.on('request', (req, res) => {
+    if (req.url === '/_test/stats') {
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify(stats));
+    }
     if (req.url.startsWith('/interaction/')) return interaction(provider, req, res);
     return callback(req, res);
   });

@@ -143,6 +143,24 @@ pub struct AuthzConfig {
     pub allowed_groups: Vec<String>,
 }
 
+/// `session_store_type = "redis"`: where sessions live and how to reach them.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis_connection_url` (may carry credentials: never logged).
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+    pub sentinel_master: String,
+    pub sentinel_urls: Vec<String>,
+    pub sentinel_password: Option<Secret<String>>,
+    pub cluster_urls: Vec<String>,
+    /// `redis_ca_path`, read at start.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Connect and command timeout.
+    pub timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SignOutConfig {
     /// Send the browser to the provider's `end_session_endpoint` after clearing the session.
@@ -170,6 +188,8 @@ pub struct Config {
     /// What `/oauth2/auth` answers for an authorized request.
     pub auth_success_status: http::StatusCode,
     pub sign_out: SignOutConfig,
+    /// `None`: sessions live in the cookie.
+    pub redis: Option<RedisConfig>,
     pub skip_provider_button: bool,
     pub headers: HeaderConfig,
     pub cookie: CookieConfig,
@@ -288,6 +308,7 @@ impl Config {
             trust: trust_policy(v)?,
             auth_success_status: auth_success_status(v)?,
             sign_out: sign_out_config(v)?,
+            redis: redis_config(v)?,
             skip_provider_button: v.bool("skip_provider_button"),
             headers,
             cookie,
@@ -338,6 +359,127 @@ fn sign_out_config(v: &Values) -> Result<SignOutConfig, ConfigError> {
         at_provider: v.bool("oidc_logout"),
         backend_logout_url,
     })
+}
+
+/// Timeout for connecting to Redis and for each command.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn redis_config(v: &Values) -> Result<Option<RedisConfig>, ConfigError> {
+    match v.str("session_store_type").as_str() {
+        "cookie" | "" => {
+            for key in [
+                "redis_connection_url",
+                "redis_sentinel_connection_urls",
+                "redis_cluster_connection_urls",
+            ] {
+                if v.is_set(key) {
+                    return Err(invalid(
+                        key,
+                        "is set but session_store_type is cookie; set session_store_type = \"redis\" to use Redis",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        "redis" => {}
+        other => {
+            return Err(invalid(
+                "session_store_type",
+                format!("`{other}` is not a session store; use cookie or redis"),
+            ));
+        }
+    }
+    let check_url = |key: &str, raw: &str| -> Result<(), ConfigError> {
+        // The URL may hold a password, so the message never repeats it.
+        let ok = (raw.starts_with("redis://") || raw.starts_with("rediss://") || raw.starts_with("unix://"))
+            && redis::IntoConnectionInfo::into_connection_info(raw).is_ok();
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(
+                key,
+                "is not a Redis URL; write it like redis://redis.auth.svc:6379 or rediss://host:6380/0",
+            ))
+        }
+    };
+    let sentinel = v.bool("redis_use_sentinel");
+    let cluster = v.bool("redis_use_cluster");
+    let (url, sentinel_urls, cluster_urls) = match (sentinel, cluster) {
+        (true, true) => {
+            return Err(invalid(
+                "redis_use_cluster",
+                "cannot be combined with redis_use_sentinel; choose one",
+            ));
+        }
+        (true, false) => {
+            let urls = v.list("redis_sentinel_connection_urls");
+            if urls.is_empty() {
+                return Err(invalid(
+                    "redis_sentinel_connection_urls",
+                    "is required with redis_use_sentinel: list the sentinels, e.g. redis://sentinel-0:26379",
+                ));
+            }
+            if v.opt_str("redis_sentinel_master_name").is_none() {
+                return Err(invalid(
+                    "redis_sentinel_master_name",
+                    "is required with redis_use_sentinel: the name the sentinels monitor, e.g. mymaster",
+                ));
+            }
+            for u in &urls {
+                check_url("redis_sentinel_connection_urls", u)?;
+            }
+            (String::new(), urls, vec![])
+        }
+        (false, true) => {
+            let urls = v.list("redis_cluster_connection_urls");
+            if urls.is_empty() {
+                return Err(invalid(
+                    "redis_cluster_connection_urls",
+                    "is required with redis_use_cluster: list some cluster nodes, e.g. redis://redis-0:6379",
+                ));
+            }
+            for u in &urls {
+                check_url("redis_cluster_connection_urls", u)?;
+            }
+            (String::new(), vec![], urls)
+        }
+        (false, false) => {
+            let url = v.opt_str("redis_connection_url").ok_or_else(|| {
+                invalid(
+                    "redis_connection_url",
+                    "is required with session_store_type = \"redis\", e.g. redis://redis.auth.svc:6379",
+                )
+            })?;
+            check_url("redis_connection_url", &url)?;
+            (url, vec![], vec![])
+        }
+    };
+    let ca_pem = match v.opt_str("redis_ca_path") {
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| invalid("redis_ca_path", format!("cannot read {path}: {e}")))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(invalid("redis_ca_path", format!("{path} holds no PEM certificate")));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let idle = v.int("redis_connection_idle_timeout");
+    if idle < 0 {
+        return Err(invalid("redis_connection_idle_timeout", "must be 0 (none) or a number of seconds"));
+    }
+    Ok(Some(RedisConfig {
+        url,
+        username: v.opt_str("redis_username"),
+        password: v.opt_str("redis_password").map(Secret::new),
+        sentinel_master: v.str("redis_sentinel_master_name"),
+        sentinel_urls,
+        sentinel_password: v.opt_str("redis_sentinel_password").map(Secret::new),
+        cluster_urls,
+        ca_pem,
+        timeout: REDIS_TIMEOUT,
+        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle as u64)),
+    }))
 }
 
 fn duration_opt(v: &Values, key: &str) -> Result<Duration, ConfigError> {

@@ -211,7 +211,44 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (&["--scope=email"], "must include openid"),
         (
             &["--redis-connection-url=redis://127.0.0.1:6379"],
-            "option `redis_connection_url`: set in the command line, but sidekey-proxy does not support it yet",
+            "option `redis_connection_url`: is set but session_store_type is cookie",
+        ),
+        (&["--session-store-type=memcached"], "option `session_store_type`: `memcached`"),
+        (&["--session-store-type=redis"], "option `redis_connection_url`: is required"),
+        (
+            &[
+                "--session-store-type=redis",
+                "--redis-connection-url=http://user:hunter2@redis:6379",
+            ],
+            "option `redis_connection_url`: is not a Redis URL",
+        ),
+        (
+            &[
+                "--session-store-type=redis",
+                "--redis-use-sentinel",
+                "--redis-sentinel-connection-urls=redis://s:26379",
+            ],
+            "option `redis_sentinel_master_name`: is required",
+        ),
+        (
+            &["--session-store-type=redis", "--redis-use-cluster"],
+            "option `redis_cluster_connection_urls`: is required",
+        ),
+        (
+            &[
+                "--session-store-type=redis",
+                "--redis-connection-url=redis://r:6379",
+                "--redis-ca-path=/nonexistent/ca.pem",
+            ],
+            "option `redis_ca_path`: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            &[
+                "--session-store-type=redis",
+                "--redis-connection-url=rediss://r:6379",
+                "--redis-insecure-skip-tls-verify",
+            ],
+            "redis_ca_path",
         ),
         (
             &["--skip-auth-route=GET=^/(public"],
@@ -241,6 +278,7 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         args.extend_from_slice(extra);
         let err = build(&args, &[]).unwrap_err();
         assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!err.contains("hunter2"), "a password in an error: {err}");
     }
     let err = build(&["sidekey-proxy"], &[]).unwrap_err();
     assert!(err.contains("option `provider`") && err.contains("google"), "{err}");
@@ -356,10 +394,10 @@ fn allowed_emails_alone_is_a_complete_rule() {
 #[test]
 fn parse_accepts_planned_options_that_load_refuses() {
     let mut args = base_args();
-    args.push("--redis-connection-url=redis://127.0.0.1:6379");
+    args.push("--validate-url=https://idp.example.com/validate");
     assert!(load(args.iter().map(|s| s.to_string()), env(&[])).is_err());
     let inv = super::load::parse(args.iter().map(|s| s.to_string()), env(&[])).unwrap();
-    assert_eq!(inv.values.str("redis_connection_url"), "redis://127.0.0.1:6379");
+    assert_eq!(inv.values.str("validate_url"), "https://idp.example.com/validate");
 }
 
 /// The sidecar a hand-written Entra workload-identity Deployment runs today (the seed), with

@@ -39,6 +39,8 @@ pub enum CodecError {
 pub enum Purpose {
     Session,
     Csrf,
+    /// A Redis session ticket (id and per-session key) in the session cookie.
+    Ticket,
 }
 
 pub struct Sealer {
@@ -50,6 +52,7 @@ impl Sealer {
         let info: &[u8] = match purpose {
             Purpose::Session => b"sidekey session v1",
             Purpose::Csrf => b"sidekey csrf v1",
+            Purpose::Ticket => b"sidekey ticket v1",
         };
         let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"sidekey cookie key"), cookie_secret);
         let mut key = [0u8; 32];

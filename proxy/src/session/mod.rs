@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod cookies;
+pub mod store;
 
 use std::fmt;
 

@@ -1,0 +1,418 @@
+//! Server-side sessions in Redis (`session_store_type = "redis"`).
+//!
+//! The browser holds only a ticket: a random id and a random per-session key, sealed with the
+//! cookie secret. Redis holds the session sealed with that per-session key, under a name
+//! derived from the id. Reading Redis alone reveals no session, and a cookie alone holds no
+//! tokens. Signing out deletes the entry, so a copied cookie dies with it.
+//!
+//! Connections are made lazily and re-made after an error, so Redis being down at start or
+//! later never takes the proxy down: callers get [`StoreError`] and show a clear page.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::Session;
+use super::codec::{Purpose, Sealer};
+use crate::config::RedisConfig;
+
+/// What the session cookie carries with the Redis store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: [u8; 16],
+    pub key: [u8; 32],
+}
+
+impl Ticket {
+    pub fn new() -> Ticket {
+        let mut t = Ticket { id: [0; 16], key: [0; 32] };
+        rand::rngs::OsRng.fill_bytes(&mut t.id);
+        rand::rngs::OsRng.fill_bytes(&mut t.key);
+        t
+    }
+
+    /// The Redis key: `<cookie name>-<hex id>` (oauth2-proxy's layout).
+    pub fn redis_key(&self, cookie_name: &str) -> String {
+        let hex: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{cookie_name}-{hex}")
+    }
+
+    /// Seals a session for storage under this ticket.
+    pub fn seal(&self, cookie_name: &str, session: &Session) -> String {
+        Sealer::new(&self.key, Purpose::Session).seal(&self.redis_key(cookie_name), session)
+    }
+
+    /// Opens a stored value; anything wrong with it is no session.
+    pub fn open(&self, cookie_name: &str, stored: &str) -> Option<Session> {
+        Sealer::new(&self.key, Purpose::Session)
+            .open(&self.redis_key(cookie_name), stored)
+            .ok()
+    }
+}
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Ticket::new()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store (Redis) is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the session store (Redis) did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+enum Backend {
+    Single(Client),
+    /// The sentinels are asked for the current master at every (re)connect.
+    Sentinel(Mutex<redis::sentinel::SentinelClient>),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn run(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd).await,
+            Conn::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+}
+
+struct Cached {
+    conn: Conn,
+    last_used: Instant,
+}
+
+pub struct RedisStore {
+    backend: Backend,
+    cached: Mutex<Option<Cached>>,
+    timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+impl RedisStore {
+    pub fn new(cfg: &RedisConfig) -> Result<Arc<RedisStore>, String> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: cfg.ca_pem.clone(),
+        };
+        let backend = if !cfg.sentinel_urls.is_empty() {
+            let mut b = redis::sentinel::SentinelClientBuilder::new(
+                cfg.sentinel_urls
+                    .iter()
+                    .map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).map(|i| i.addr().clone()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?,
+                &cfg.sentinel_master,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(p) = &cfg.sentinel_password {
+                b = b.set_client_to_sentinel_password(p.expose());
+            }
+            if let Some(p) = &cfg.password {
+                b = b.set_client_to_redis_password(p.expose());
+            }
+            if let Some(u) = &cfg.username {
+                b = b.set_client_to_redis_username(u);
+            }
+            if cfg.ca_pem.is_some() {
+                b = b
+                    .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                    .set_client_to_redis_certificates(certs());
+            }
+            Backend::Sentinel(Mutex::new(b.build().map_err(|e| e.to_string())?))
+        } else if !cfg.cluster_urls.is_empty() {
+            let mut b = redis::cluster::ClusterClientBuilder::new(cfg.cluster_urls.iter().map(String::as_str))
+                .connection_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout)
+                .retries(2);
+            if let Some(p) = &cfg.password {
+                b = b.password(p.expose());
+            }
+            if let Some(u) = &cfg.username {
+                b = b.username(u);
+            }
+            if cfg.ca_pem.is_some() {
+                b = b.certs(certs());
+            }
+            Backend::Cluster(b.build().map_err(|e| e.to_string())?)
+        } else {
+            let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str()).map_err(|e| e.to_string())?;
+            let mut redis_info = info.redis_settings().clone();
+            if let Some(p) = &cfg.password {
+                redis_info = redis_info.set_password(p.expose());
+            }
+            if let Some(u) = &cfg.username {
+                redis_info = redis_info.set_username(u);
+            }
+            info = info.set_redis_settings(redis_info);
+            let client = match &cfg.ca_pem {
+                Some(_) => Client::build_with_tls(info, certs()),
+                None => Client::open(info),
+            }
+            .map_err(|e| e.to_string())?;
+            Backend::Single(client)
+        };
+        Ok(Arc::new(RedisStore {
+            backend,
+            cached: Mutex::new(None),
+            timeout: cfg.timeout,
+            idle_timeout: cfg.idle_timeout,
+        }))
+    }
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        Ok(match &self.backend {
+            Backend::Single(c) => Conn::Single(c.get_multiplexed_async_connection_with_config(&config).await?),
+            Backend::Sentinel(s) => Conn::Single(s.lock().await.get_async_connection_with_config(&config).await?),
+            Backend::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
+        })
+    }
+
+    /// The shared connection, made on first use and after an error or an idle period.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_mut()
+            && self.idle_timeout.is_none_or(|idle| c.last_used.elapsed() < idle)
+        {
+            c.last_used = Instant::now();
+            return Ok(c.conn.clone());
+        }
+        let conn = tokio::time::timeout(self.timeout, self.connect())
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        *cached = Some(Cached {
+            conn: conn.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(conn)
+    }
+
+    async fn run(&self, cmd: Cmd) -> Result<Value, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = match tokio::time::timeout(self.timeout, conn.run(&cmd)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
+            Err(_) => StoreError::Timeout(self.timeout),
+        };
+        // Start over with a new connection next time (the server may have restarted).
+        *self.cached.lock().await = None;
+        Err(result)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self.run(redis::cmd("GET").arg(key).clone()).await? {
+            Value::BulkString(b) => Ok(String::from_utf8(b).ok()),
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.run(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms).clone())
+            .await
+            .map(drop)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.run(redis::cmd("DEL").arg(key).clone()).await.map(drop)
+    }
+
+    /// `SET key NX PX ttl`: true when this caller now holds the lock.
+    pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let v = self
+            .run(redis::cmd("SET").arg(key).arg("1").arg("NX").arg("PX").arg(ms).clone())
+            .await?;
+        Ok(matches!(v, Value::Okay | Value::SimpleString(_)))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(redis::cmd("PING")).await.map(drop)
+    }
+}
+
+/// The session's home, cookie or Redis, behind one interface for the request path.
+pub struct Sessions {
+    cookie_name: String,
+    /// Seals whole sessions (cookie store) ...
+    sessions: Sealer,
+    /// ... or tickets (Redis store).
+    tickets: Sealer,
+    redis: Option<Arc<RedisStore>>,
+}
+
+/// A session read from a request, with the ticket that names it in Redis.
+pub struct Loaded {
+    pub session: Session,
+    pub ticket: Option<Ticket>,
+}
+
+/// How long a replica may hold the refresh lock of one session.
+const REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
+/// How long another replica waits for that refresh before giving up.
+const REFRESH_WAIT: Duration = Duration::from_secs(5);
+
+impl Sessions {
+    pub fn new(cookie_name: &str, cookie_secret: &[u8], redis: Option<Arc<RedisStore>>) -> Sessions {
+        Sessions {
+            cookie_name: cookie_name.to_string(),
+            sessions: Sealer::new(cookie_secret, Purpose::Session),
+            tickets: Sealer::new(cookie_secret, Purpose::Ticket),
+            redis,
+        }
+    }
+
+    pub fn is_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The newest valid session among the request's session cookie values (see
+    /// `RequestCookies::session_values`). Anything wrong with a value — tampered, truncated,
+    /// another secret, expired, deleted from Redis — is no session; only Redis being
+    /// unreachable is an error.
+    pub async fn load(&self, values: &[String], now: u64) -> Result<Option<Loaded>, StoreError> {
+        let mut best: Option<Loaded> = None;
+        for value in values {
+            let loaded = match &self.redis {
+                None => self
+                    .sessions
+                    .open::<Session>(&self.cookie_name, value)
+                    .ok()
+                    .map(|session| Loaded { session, ticket: None }),
+                Some(redis) => {
+                    let Ok(ticket) = self.tickets.open::<Ticket>(&self.cookie_name, value) else {
+                        continue;
+                    };
+                    let stored = redis.get(&ticket.redis_key(&self.cookie_name)).await?;
+                    stored.and_then(|s| ticket.open(&self.cookie_name, &s)).map(|session| Loaded {
+                        session,
+                        ticket: Some(ticket),
+                    })
+                }
+            };
+            if let Some(l) = loaded.filter(|l| now < l.session.expires_at)
+                && best.as_ref().is_none_or(|b| l.session.refreshed_at > b.session.refreshed_at)
+            {
+                best = Some(l);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Stores a session. Returns the new cookie value when the cookie must change: always
+    /// for the cookie store, and for Redis only for a new ticket.
+    pub async fn save(&self, session: &Session, ticket: Option<&Ticket>, now: u64) -> Result<Option<String>, StoreError> {
+        let Some(redis) = &self.redis else {
+            return Ok(Some(self.sessions.seal(&self.cookie_name, session)));
+        };
+        let fresh;
+        let t = match ticket {
+            Some(t) => t,
+            None => {
+                fresh = Ticket::new();
+                &fresh
+            }
+        };
+        let ttl = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
+        redis
+            .set(&t.redis_key(&self.cookie_name), &t.seal(&self.cookie_name, session), ttl)
+            .await?;
+        Ok(ticket.is_none().then(|| self.tickets.seal(&self.cookie_name, t)))
+    }
+
+    /// Deletes a Redis session (a no-op for the cookie store).
+    pub async fn delete(&self, ticket: Option<&Ticket>) -> Result<(), StoreError> {
+        match (&self.redis, ticket) {
+            (Some(redis), Some(t)) => redis.delete(&t.redis_key(&self.cookie_name)).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Across replicas only one refreshes a Redis session: true when this one may. The
+    /// cookie store has no shared state, so it always may.
+    pub async fn lock_refresh(&self, ticket: Option<&Ticket>) -> Result<bool, StoreError> {
+        match (&self.redis, ticket) {
+            (Some(redis), Some(t)) => redis.try_lock(&refresh_lock_key(&self.cookie_name, t), REFRESH_LOCK_TTL).await,
+            _ => Ok(true),
+        }
+    }
+
+    pub async fn unlock_refresh(&self, ticket: Option<&Ticket>) {
+        if let (Some(redis), Some(t)) = (&self.redis, ticket)
+            && let Err(e) = redis.delete(&refresh_lock_key(&self.cookie_name, t)).await
+        {
+            tracing::warn!(error = %e, "could not release a refresh lock; it expires by itself");
+        }
+    }
+
+    /// Waits for another replica's refresh of this session; `None` when it did not land in time.
+    pub async fn wait_for_refresh(&self, ticket: &Ticket, refreshed_before: u64) -> Result<Option<Session>, StoreError> {
+        let Some(redis) = &self.redis else { return Ok(None) };
+        let deadline = Instant::now() + REFRESH_WAIT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stored = redis.get(&ticket.redis_key(&self.cookie_name)).await?;
+            match stored.and_then(|s| ticket.open(&self.cookie_name, &s)) {
+                Some(s) if s.refreshed_at > refreshed_before => return Ok(Some(s)),
+                Some(_) => {}
+                None => return Ok(None), // signed out meanwhile
+            }
+        }
+        Ok(None)
+    }
+
+    /// For `/ready`: the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.redis {
+            Some(redis) => redis.ping().await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn refresh_lock_key(cookie_name: &str, t: &Ticket) -> String {
+    format!("{}.refresh-lock", t.redis_key(cookie_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_random_and_only_their_own_key_opens_a_value() {
+        let (a, b) = (Ticket::new(), Ticket::new());
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.key, b.key);
+        assert!(a.redis_key("_oauth2_proxy").starts_with("_oauth2_proxy-") && a.redis_key("x").len() == 2 + 32);
+        let s = Session {
+            email: "a@example.com".into(),
+            ..Session::default()
+        };
+        let stored = a.seal("_oauth2_proxy", &s);
+        assert!(!stored.contains("a@example.com"));
+        assert_eq!(a.open("_oauth2_proxy", &stored), Some(s));
+        assert_eq!(b.open("_oauth2_proxy", &stored), None, "another ticket's key");
+        let moved = Ticket { id: b.id, key: a.key };
+        assert_eq!(moved.open("_oauth2_proxy", &stored), None, "bound to its own id");
+    }
+}

@@ -1,0 +1,468 @@
+//! End-to-end: the Redis session store against a real `redis-server` (Debian) on a free
+//! loopback port, and the real OpenID provider.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// A redis-server with append-only persistence in a temp dir, so it can be restarted on
+/// the same port with its data (a Redis restart must not sign anyone out).
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        Redis::start_with(&[]).await
+    }
+
+    /// With extra redis-server arguments (the port is chosen here).
+    async fn start_with(extra: &[String]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: extra.to_vec(),
+        };
+        r.run().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let bin = PathBuf::from("/usr/bin/redis-server");
+        assert!(
+            bin.exists(),
+            "redis-server is missing: run `make test` (tests/setup.sh installs it)"
+        );
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("redis-server listening", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        let mut c = self.client().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+        keys.sort();
+        keys
+    }
+
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.client().await;
+        redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Env {
+    idp: Idp,
+    upstream: Upstream,
+    proxy: Proxy,
+}
+
+async fn start_proxy(listener: tokio::net::TcpListener, idp: &Idp, upstream: &Upstream, redis: &str, extra: &[&str]) -> Proxy {
+    let store = format!("--redis-connection-url={redis}");
+    let mut flags = vec!["--session-store-type=redis", &store, "--pass-access-token"];
+    flags.extend_from_slice(extra);
+    Proxy::start(listener, &Proxy::args(&idp.issuer, &upstream.url, &flags)).await
+}
+
+async fn setup(redis: &str, extra: &[&str], idp_extra: serde_json::Value) -> Env {
+    let listener = Proxy::bind().await;
+    let addr = listener.local_addr().unwrap();
+    let idp = Idp::start(&[format!("http://{addr}/oauth2/callback")], idp_extra);
+    let upstream = Upstream::start().await;
+    let proxy = start_proxy(listener, &idp, &upstream, redis, extra).await;
+    Env { idp, upstream, proxy }
+}
+
+fn session_cookie(resp: &reqwest::Response) -> String {
+    set_cookie_value(resp, "_oauth2_proxy").expect("a session cookie")
+}
+
+async fn status(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn the_cookie_holds_only_a_ticket_and_sign_out_kills_copies() {
+    let redis = Redis::start().await;
+    let env = setup(&redis.url(), &[], serde_json::json!({})).await;
+    let client = browser();
+    let p = &env.proxy.url;
+    let resp = login(&client, p, "/", "alice", "alice-password").await;
+    let ticket = session_cookie(&resp);
+    assert!(ticket.len() < 200, "a ticket, not a session: {} bytes", ticket.len());
+
+    let keys = redis.keys().await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("_oauth2_proxy-"), "{keys:?}");
+    let stored = redis.get(&keys[0]).await.unwrap();
+    assert!(!stored.contains("alice") && !stored.contains("eyJ"), "stored encrypted");
+
+    let view: serde_json::Value = client.get(format!("{p}/x")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["headers"]["x-forwarded-email"][0], "alice@example.com");
+    assert!(view["headers"]["x-forwarded-access-token"][0].as_str().is_some());
+
+    // A copy of the cookie (another browser) works until sign-out, then never again.
+    let thief = browser();
+    let cookie = format!("_oauth2_proxy={ticket}");
+    let stolen = |c: &reqwest::Client| c.get(format!("{p}/x")).header("cookie", cookie.clone()).send();
+    assert_eq!(stolen(&thief).await.unwrap().status(), 200);
+    let out = client.get(format!("{p}/oauth2/sign_out")).send().await.unwrap();
+    assert_eq!(out.status(), 302);
+    assert!(redis.keys().await.is_empty(), "the Redis entry is deleted");
+    assert_eq!(stolen(&thief).await.unwrap().status(), 403, "replay after sign-out fails");
+
+    // A tampered ticket is no session, and does not reach Redis as a key.
+    let mut bytes = ticket.into_bytes();
+    bytes[10] ^= 1;
+    let tampered = format!("_oauth2_proxy={}", String::from_utf8(bytes).unwrap());
+    let resp = thief.get(format!("{p}/x")).header("cookie", tampered).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    drop(env.idp);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_then_up() {
+    let mut redis = Redis::start().await;
+    redis.stop();
+    let env = setup(&redis.url(), &[], serde_json::json!({})).await;
+    let client = browser();
+    let p = &env.proxy.url;
+    assert_eq!(status(&client, &format!("{p}/ping")).await, 200, "the process is up");
+    let ready = client.get(format!("{p}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("Redis"));
+
+    // A login cannot be stored: a clear page, not a crash or a half session.
+    let callback = start_and_authenticate(&client, p, "/", "alice", "alice-password").await;
+    let resp = client.get(callback).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none());
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Sessions are unavailable") && page.contains("Redis"), "{page}");
+
+    redis.run().await;
+    eventually("ready once Redis is up", Duration::from_secs(10), || {
+        let (c, u) = (client.clone(), format!("{p}/ready"));
+        async move { status(&c, &u).await == 200 }
+    })
+    .await;
+    let resp = login(&client, p, "/", "alice", "alice-password").await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(status(&client, &format!("{p}/x")).await, 200);
+    drop(env.idp);
+}
+
+#[tokio::test]
+async fn redis_down_later_gives_a_clear_error_and_the_session_survives_a_restart() {
+    let mut redis = Redis::start().await;
+    let env = setup(&redis.url(), &[], serde_json::json!({})).await;
+    let client = browser();
+    let p = &env.proxy.url;
+    login(&client, p, "/", "alice", "alice-password").await;
+    assert_eq!(status(&client, &format!("{p}/x")).await, 200);
+
+    redis.stop();
+    let resp = client.get(format!("{p}/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none(), "the session cookie is kept");
+    assert!(resp.text().await.unwrap().contains("Sessions are unavailable"));
+    assert_eq!(status(&client, &format!("{p}/oauth2/auth")).await, 503, "fails closed");
+
+    redis.run().await;
+    eventually("the same session works again", Duration::from_secs(10), || {
+        let (c, u) = (client.clone(), format!("{p}/x"));
+        async move { status(&c, &u).await == 200 }
+    })
+    .await;
+    drop(env.idp);
+}
+
+#[tokio::test]
+async fn two_replicas_refresh_a_shared_session_once() {
+    let redis = Redis::start().await;
+    let refresh_flags = [
+        "--scope=openid email profile offline_access",
+        "--prompt=consent",
+        "--cookie-refresh=1m",
+    ];
+    let env = setup(&redis.url(), &refresh_flags, serde_json::json!({ "rotateRefreshToken": true })).await;
+    // A second replica: same secret, same Redis, same IdP client.
+    let listener = Proxy::bind().await;
+    let replica = start_proxy(listener, &env.idp, &env.upstream, &redis.url(), &refresh_flags).await;
+    let client = browser();
+    let resp = login(&client, &env.proxy.url, "/", "alice", "alice-password").await;
+    let cookie = format!("_oauth2_proxy={}", session_cookie(&resp));
+
+    env.proxy.clock.advance(Duration::from_secs(120));
+    replica.clock.advance(Duration::from_secs(120));
+    let mut requests = Vec::new();
+    for i in 0..12 {
+        let target = if i % 2 == 0 { &env.proxy.url } else { &replica.url };
+        let req = reqwest::Client::new()
+            .get(format!("{target}/x"))
+            .header("cookie", cookie.clone())
+            .send();
+        requests.push(tokio::spawn(async move { req.await.unwrap().status().as_u16() }));
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200, "every parallel request keeps its session");
+    }
+    let stats: serde_json::Value = reqwest::get(format!("{}/_test/stats", env.idp.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["grants"]["refresh_token"], 1, "one refresh for both replicas: {stats}");
+    assert!(stats["grant_errors"].get("refresh_token").is_none(), "{stats}");
+
+    // The refreshed session is the one both replicas now read; no new cookie was needed.
+    for target in [&env.proxy.url, &replica.url] {
+        let resp = reqwest::Client::new()
+            .get(format!("{target}/x"))
+            .header("cookie", cookie.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none(), "the ticket does not change");
+    }
+    drop(env.idp);
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (rustls refuses a
+/// self-signed CA certificate as a server certificate).
+fn tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sidekey test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_a_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(certs.path());
+    let tls_port = free_port();
+    let redis = Redis::start_with(&[
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        cert.display().to_string(),
+        "--tls-key-file".into(),
+        key.display().to_string(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ])
+    .await;
+    let ca_flag = format!("--redis-ca-path={}", ca.display());
+    let env = setup(&format!("rediss://127.0.0.1:{tls_port}"), &[&ca_flag], serde_json::json!({})).await;
+    let client = browser();
+    let p = &env.proxy.url;
+    eventually("ready: PING over TLS and discovery", Duration::from_secs(10), || {
+        let (c, u) = (client.clone(), format!("{p}/ready"));
+        async move { status(&c, &u).await == 200 }
+    })
+    .await;
+    login(&client, p, "/", "alice", "alice-password").await;
+    assert_eq!(status(&client, &format!("{p}/x")).await, 200);
+    assert_eq!(redis.keys().await.len(), 1, "stored through the TLS port");
+
+    // Without the CA the server is not trusted: not ready, and no session is stored.
+    let listener = Proxy::bind().await;
+    let untrusting = start_proxy(listener, &env.idp, &env.upstream, &format!("rediss://127.0.0.1:{tls_port}"), &[]).await;
+    let ready = client.get(format!("{}/ready", untrusting.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("Redis") && why.to_lowercase().contains("certificate"), "{why}");
+    drop(env.idp);
+}
+
+#[tokio::test]
+async fn sentinel_finds_the_master() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!("port {port}\nbind 127.0.0.1\nsentinel monitor sidekey 127.0.0.1 {} 1\n", redis.port),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("/usr/bin/redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server --sentinel");
+    eventually("sentinel listening", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let listener = Proxy::bind().await;
+    let addr = listener.local_addr().unwrap();
+    let idp = Idp::start(&[format!("http://{addr}/oauth2/callback")], serde_json::json!({}));
+    let upstream = Upstream::start().await;
+    let sentinels = format!("--redis-sentinel-connection-urls=redis://127.0.0.1:{port}");
+    let flags = [
+        "--session-store-type=redis",
+        "--redis-use-sentinel",
+        "--redis-sentinel-master-name=sidekey",
+        &sentinels,
+    ];
+    let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, &upstream.url, &flags)).await;
+    let client = browser();
+    login(&client, &proxy.url, "/", "alice", "alice-password").await;
+    assert_eq!(status(&client, &format!("{}/x", proxy.url)).await, 200);
+    assert_eq!(redis.keys().await.len(), 1, "stored on the master the sentinel named");
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+    drop(idp);
+}
+
+#[tokio::test]
+async fn cluster_of_three_masters() {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Redis::start_with(&["--cluster-enabled".into(), "yes".into()]).await);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let out = Command::new("/usr/bin/redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli (redis-tools) is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let first = nodes[0].port;
+    eventually("cluster state ok", Duration::from_secs(10), || async move {
+        let info = Command::new("/usr/bin/redis-cli")
+            .args(["-p", &first.to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+    })
+    .await;
+
+    let listener = Proxy::bind().await;
+    let addr = listener.local_addr().unwrap();
+    let idp = Idp::start(&[format!("http://{addr}/oauth2/callback")], serde_json::json!({}));
+    let upstream = Upstream::start().await;
+    let urls = format!("--redis-cluster-connection-urls=redis://{}", addrs[0]);
+    let flags = ["--session-store-type=redis", "--redis-use-cluster", &urls];
+    let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, &upstream.url, &flags)).await;
+    let client = browser();
+    // Several sessions spread over the slots of all three masters.
+    for _ in 0..6 {
+        let c = browser();
+        login(&c, &proxy.url, "/", "alice", "alice-password").await;
+        assert_eq!(status(&c, &format!("{}/x", proxy.url)).await, 200);
+    }
+    let mut total = 0;
+    for n in &nodes {
+        total += n.keys().await.len();
+    }
+    assert_eq!(total, 6, "one entry per session across the cluster");
+    drop(client);
+    drop(idp);
+}
