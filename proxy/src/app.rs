@@ -17,12 +17,14 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::RngCore;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::authz::{Authorizer, Constraints};
 use crate::body::{Body, full};
 use crate::config::{Config, SameSite, UpstreamTarget};
 use crate::forwarded::Origin;
 use crate::headers;
+use crate::metrics;
 use crate::oidc::{Clock, Oidc, OidcError, unix};
 use crate::pages;
 use crate::redirect::RedirectPolicy;
@@ -192,11 +194,38 @@ impl App {
         req.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
 
-        let (mut resp, user) = self.route(req, &cx).await;
+        // Every event while handling the request (auth events, upstream errors) carries its id.
+        let span = tracing::info_span!(target: "sidekey::request", "request", request_id = %cx.request_id.to_str().unwrap_or(""));
+        let (mut resp, user) = self.route(req, &cx).instrument(span).await;
         resp.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
         self.log_request(&cx, resp.status(), user.as_deref());
+        metrics::request(self.route_class(&cx.path), resp.status().as_u16(), cx.started.elapsed());
         resp
+    }
+
+    /// A low-cardinality name for the metrics: the endpoint, or `app` for everything else.
+    fn route_class(&self, path: &str) -> &'static str {
+        let p = &self.paths;
+        if path == self.cfg.ping_path {
+            "ping"
+        } else if path == self.cfg.ready_path {
+            "ready"
+        } else if path == p.auth || path.starts_with(&p.auth_subtree) {
+            "auth"
+        } else if path == p.start {
+            "start"
+        } else if path == p.callback {
+            "callback"
+        } else if path == p.sign_in {
+            "sign_in"
+        } else if path == p.sign_out {
+            "sign_out"
+        } else if path == p.userinfo {
+            "userinfo"
+        } else {
+            "app"
+        }
     }
 
     async fn route(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
@@ -279,6 +308,7 @@ impl App {
             for name in routes::METHOD_OVERRIDE_HEADERS {
                 h.remove(*name);
             }
+            metrics::decision("skipped");
             return self.forward_unauthenticated(req, cx).await;
         }
         let mut lookup = match self.session(req.headers(), cx).await {
@@ -286,6 +316,7 @@ impl App {
             Err(e) => return (self.fail(Failure::Store(e), &cx.request_id), None),
         };
         let Some(session) = lookup.session.take() else {
+            metrics::decision("unauthenticated");
             let mut resp = if self.cfg.routes.is_api(&rule_path) {
                 text(StatusCode::UNAUTHORIZED, "Unauthorized")
             } else {
@@ -365,9 +396,11 @@ impl App {
 
     async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: Session) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
+            metrics::decision("denied");
             self.auth_event("denied", &session.email, &denial.to_string());
             return (self.fail(Failure::Denied(denial), &cx.request_id), Some(session.email));
         }
+        metrics::decision("allowed");
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
             return (
                 self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id),
@@ -674,6 +707,7 @@ impl App {
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .unwrap_or_else(|| req.method().clone());
             if self.cfg.routes.skips(&method, &path) {
+                metrics::decision("skipped");
                 return (text(self.cfg.auth_success_status, ""), None);
             }
         }
@@ -689,16 +723,21 @@ impl App {
                 .and_then(|()| constraints.check(&s.email, &s.groups))
             {
                 Ok(()) => {
+                    metrics::decision("allowed");
                     let mut resp = text(self.cfg.auth_success_status, "");
                     headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
                     (resp, Some(s.email))
                 }
                 Err(denial) => {
+                    metrics::decision("denied");
                     self.auth_event("denied", &s.email, &denial.to_string());
                     (text(StatusCode::FORBIDDEN, "Forbidden"), Some(s.email))
                 }
             },
-            None => (text(StatusCode::UNAUTHORIZED, "Unauthorized"), None),
+            None => {
+                metrics::decision("unauthenticated");
+                (text(StatusCode::UNAUTHORIZED, "Unauthorized"), None)
+            }
         };
         lookup.add_cookies(&mut resp);
         (resp, user)
@@ -806,6 +845,11 @@ impl App {
             Err(e) => Outcome::Ended(e.to_string()),
         };
         self.sessions.unlock_refresh(ticket).await;
+        metrics::refresh(match &outcome {
+            Outcome::Refreshed(_) => "refreshed",
+            Outcome::Ended(_) => "ended",
+            Outcome::Unavailable(_) => "unavailable",
+        });
         outcome
     }
 
@@ -885,6 +929,13 @@ impl App {
 
     fn fail(&self, failure: Failure, request_id: &HeaderValue) -> Response<Body> {
         let status = failure.status();
+        if let Failure::Upstream(e) = &failure {
+            metrics::upstream_error(match e {
+                UpstreamError::NoRoute => "no_route",
+                UpstreamError::Timeout { .. } => "timeout",
+                UpstreamError::Unreachable { .. } => "unreachable",
+            });
+        }
         let message = failure.to_string();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %message, "request failed");

@@ -24,6 +24,7 @@ pub mod forwarded;
 pub mod headers;
 pub mod http_client;
 pub mod logging;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod redirect;
@@ -49,11 +50,23 @@ pub async fn run(cfg: config::Config, listener: TcpListener, clock: oidc::Clock,
     let http =
         http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http, clock.clone()));
+    let cfg_metrics = cfg.metrics_address;
     tracing::info!(client_authentication = %cfg.provider.client_auth.describe(), "client credential");
     let app = Arc::new(app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?);
     app.credential_usable();
+    let metrics = match cfg_metrics {
+        Some(addr) => {
+            let l = metrics::bind(addr).await.map_err(anyhow::Error::msg)?;
+            tracing::info!(address = %addr, "metrics on /metrics");
+            Some(tokio::spawn(metrics::serve(l)))
+        }
+        None => None,
+    };
     let discovery = tokio::spawn(oidc.discover_until_ready());
     server::serve(listener, app, shutdown).await;
     discovery.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }

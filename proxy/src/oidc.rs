@@ -189,7 +189,10 @@ impl Oidc {
         if let Some(d) = self.current() {
             return Ok(d);
         }
-        let metadata = self.discover().await?;
+        let started = Instant::now();
+        let metadata = self.discover().await;
+        crate::metrics::idp("discovery", started.elapsed());
+        let metadata = metadata?;
         let d = Arc::new(Discovered {
             metadata,
             jwks_fetched: Instant::now(),
@@ -284,7 +287,10 @@ impl Oidc {
             return None;
         }
         let client = self.http.as_oauth2();
-        match CoreJsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &client).await {
+        let started = Instant::now();
+        let fetched = CoreJsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &client).await;
+        crate::metrics::idp("jwks", started.elapsed());
+        match fetched {
             Ok(keys) => {
                 let d = Arc::new(Discovered {
                     metadata: current.metadata.clone().set_jwks(keys),
@@ -402,11 +408,10 @@ impl Oidc {
         let request = request
             .body(body.into_bytes())
             .map_err(|e| OidcError::TokenTransport(e.to_string()))?;
-        let response = self
-            .http
-            .send(request)
-            .await
-            .map_err(|e| OidcError::TokenTransport(error_chain(&e)))?;
+        let started = Instant::now();
+        let response = self.http.send(request).await;
+        crate::metrics::idp("token", started.elapsed());
+        let response = response.map_err(|e| OidcError::TokenTransport(error_chain(&e)))?;
         if response.status().is_success() {
             return serde_json::from_slice(response.body())
                 .map_err(|e| OidcError::TokenTransport(format!("unparseable token response: {e}")));
@@ -541,7 +546,10 @@ impl Oidc {
             .entra
             .as_ref()
             .expect("groups_from_graph is only set for the entra-id provider");
-        Ok(entra::group_ids(&self.http, &e.graph_url, access_token).await?)
+        let started = Instant::now();
+        let groups = entra::group_ids(&self.http, &e.graph_url, access_token).await;
+        crate::metrics::idp("graph", started.elapsed());
+        Ok(groups?)
     }
 
     /// Verifies an ID token and returns its claims as JSON.

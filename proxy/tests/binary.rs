@@ -89,7 +89,12 @@ async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
     let idp = Idp::start(&[format!("http://127.0.0.1:{port}/oauth2/callback")], serde_json::json!({}));
     let upstream = Upstream::start().await;
     let mut args = base(&idp.issuer, &upstream.url, port);
-    args.extend(["--logging-format=json".into(), "--pass-access-token".into()]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    args.extend([
+        "--logging-format=json".into(),
+        "--pass-access-token".into(),
+        format!("--metrics-address=127.0.0.1:{metrics_port}"),
+    ]);
     let mut child = Command::new(BIN)
         .args(&args)
         .stderr(Stdio::piped())
@@ -120,6 +125,28 @@ async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
     let view: serde_json::Value = client.get(format!("{url}/page")).send().await.unwrap().json().await.unwrap();
     let access_token = view["headers"]["x-forwarded-access-token"][0].as_str().unwrap().to_string();
 
+    assert_eq!(client.get(format!("{url}/oauth2/auth")).send().await.unwrap().status(), 202);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sidekey_proxy_requests_total{route=\"app\",code=\"200\"} 1",
+        "sidekey_proxy_requests_total{route=\"callback\",code=\"302\"} 1",
+        "sidekey_proxy_requests_total{route=\"auth\",code=\"202\"} 1",
+        "sidekey_proxy_auth_decisions_total{decision=\"allowed\"} 2",
+        "sidekey_proxy_idp_request_duration_seconds_count{operation=\"token\"} 1",
+        "sidekey_proxy_idp_request_duration_seconds_count{operation=\"discovery\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(&access_token) && !metrics.contains("alice"),
+        "no identities in metrics"
+    );
+
     // SIGTERM: the process drains and exits 0.
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -148,7 +175,15 @@ async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
     assert_eq!(page["status"], 200);
     assert_eq!(page["user"], "alice@example.com");
     assert!(page["request_id"].as_str().is_some_and(|id| !id.is_empty()));
-    assert!(lines.iter().any(|l| l["target"] == "sidekey::auth" && l["event"] == "login"));
+    // The login event is logged once, with the id of the callback request that made it.
+    let logins: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "sidekey::auth" && l["event"] == "login")
+        .collect();
+    assert_eq!(logins.len(), 1, "{logs}");
+    let callback_line = requests.iter().find(|r| r["path"] == "/oauth2/callback").unwrap();
+    assert_eq!(logins[0]["span"]["request_id"], callback_line["request_id"], "{logs}");
+    assert_eq!(logins[0]["email"], "alice@example.com");
     for secret in [
         session_value.as_str(),
         access_token.as_str(),

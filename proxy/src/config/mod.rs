@@ -172,6 +172,8 @@ pub struct SignOutConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub http_address: SocketAddr,
+    /// `/metrics` for Prometheus, on its own listener.
+    pub metrics_address: Option<SocketAddr>,
     pub proxy_prefix: String,
     pub ping_path: String,
     pub ready_path: String,
@@ -288,6 +290,10 @@ impl Config {
         }
         Ok(Config {
             http_address: parse_listen_address(&v.str("http_address")).map_err(|m| invalid("http_address", m))?,
+            metrics_address: v
+                .opt_str("metrics_address")
+                .map(|a| parse_listen_address(&a).map_err(|m| invalid("metrics_address", m)))
+                .transpose()?,
             ping_path: v.str("ping_path"),
             ready_path: v.str("ready_path"),
             redirect_url,

@@ -153,7 +153,7 @@ pub static OPTIONS: &[Opt] = &[
         "metrics_address",
         Str,
         "",
-        Planned,
+        Supported,
         "Address to serve Prometheus metrics on.",
     ),
     o(

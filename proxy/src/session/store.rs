@@ -207,7 +207,14 @@ impl RedisStore {
         Ok(conn)
     }
 
-    async fn run(&self, cmd: Cmd) -> Result<Value, StoreError> {
+    async fn run(&self, op: &'static str, cmd: Cmd) -> Result<Value, StoreError> {
+        let started = Instant::now();
+        let result = self.run_timed(cmd).await;
+        crate::metrics::redis(op, started.elapsed());
+        result
+    }
+
+    async fn run_timed(&self, cmd: Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn().await?;
         let result = match tokio::time::timeout(self.timeout, conn.run(&cmd)).await {
             Ok(Ok(v)) => return Ok(v),
@@ -220,7 +227,7 @@ impl RedisStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match self.run(redis::cmd("GET").arg(key).clone()).await? {
+        match self.run("get", redis::cmd("GET").arg(key).clone()).await? {
             Value::BulkString(b) => Ok(String::from_utf8(b).ok()),
             _ => Ok(None),
         }
@@ -228,26 +235,26 @@ impl RedisStore {
 
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-        self.run(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms).clone())
+        self.run("set", redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms).clone())
             .await
             .map(drop)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.run(redis::cmd("DEL").arg(key).clone()).await.map(drop)
+        self.run("del", redis::cmd("DEL").arg(key).clone()).await.map(drop)
     }
 
     /// `SET key NX PX ttl`: true when this caller now holds the lock.
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
         let v = self
-            .run(redis::cmd("SET").arg(key).arg("1").arg("NX").arg("PX").arg(ms).clone())
+            .run("lock", redis::cmd("SET").arg(key).arg("1").arg("NX").arg("PX").arg(ms).clone())
             .await?;
         Ok(matches!(v, Value::Okay | Value::SimpleString(_)))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run(redis::cmd("PING")).await.map(drop)
+        self.run("ping", redis::cmd("PING")).await.map(drop)
     }
 }
 
