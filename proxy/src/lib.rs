@@ -33,6 +33,7 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -46,11 +47,17 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the proxy from a validated config and serves `listener` until `shutdown`
 /// resolves. Discovery runs in the background; the listener serves from the start.
-pub async fn run(cfg: config::Config, listener: TcpListener, clock: oidc::Clock, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: config::Config,
+    listener: TcpListener,
+    clock: oidc::Clock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let http =
         http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http, clock.clone()));
     let cfg_metrics = cfg.metrics_address;
+    let cfg_https = cfg.https.clone();
     tracing::info!(client_authentication = %cfg.provider.client_auth.describe(), "client credential");
     let app = Arc::new(app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?);
     app.credential_usable();
@@ -62,8 +69,32 @@ pub async fn run(cfg: config::Config, listener: TcpListener, clock: oidc::Clock,
         }
         None => None,
     };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let https = match &cfg_https {
+        Some((addr, settings)) => {
+            let cert = tls::ReloadingCert::new(settings.clone()).map_err(|e| anyhow::anyhow!("option `tls_cert_file`: {e}"))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().map_err(anyhow::Error::msg)?));
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("option `https_address`: cannot listen on {addr}: {e}"))?;
+            tracing::info!(address = %addr, "sidekey-proxy listening for HTTPS");
+            let reload = tokio::spawn(cert.watch());
+            let serving = tokio::spawn(server::serve(l, app.clone(), Some(acceptor), stop.clone().cancelled_owned()));
+            Some((serving, reload))
+        }
+        None => None,
+    };
     let discovery = tokio::spawn(oidc.discover_until_ready());
-    server::serve(listener, app, shutdown).await;
+    let http_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        http_stop.cancel();
+    });
+    server::serve(listener, app, None, stop.cancelled()).await;
+    if let Some((serving, reload)) = https {
+        let _ = serving.await;
+        reload.abort();
+    }
     discovery.abort();
     if let Some(m) = metrics {
         m.abort();

@@ -174,6 +174,8 @@ pub struct Config {
     pub http_address: SocketAddr,
     /// `/metrics` for Prometheus, on its own listener.
     pub metrics_address: Option<SocketAddr>,
+    /// HTTPS on `https_address`, when `tls_cert_file` and `tls_key_file` are set.
+    pub https: Option<(SocketAddr, crate::tls::TlsSettings)>,
     pub proxy_prefix: String,
     pub ping_path: String,
     pub ready_path: String,
@@ -290,6 +292,7 @@ impl Config {
         }
         Ok(Config {
             http_address: parse_listen_address(&v.str("http_address")).map_err(|m| invalid("http_address", m))?,
+            https: https_config(v)?,
             metrics_address: v
                 .opt_str("metrics_address")
                 .map(|a| parse_listen_address(&a).map_err(|m| invalid("metrics_address", m)))
@@ -365,6 +368,49 @@ fn sign_out_config(v: &Values) -> Result<SignOutConfig, ConfigError> {
         at_provider: v.bool("oidc_logout"),
         backend_logout_url,
     })
+}
+
+fn https_config(v: &Values) -> Result<Option<(SocketAddr, crate::tls::TlsSettings)>, ConfigError> {
+    let (cert, key) = match (v.opt_str("tls_cert_file"), v.opt_str("tls_key_file")) {
+        (Some(c), Some(k)) => (PathBuf::from(c), PathBuf::from(k)),
+        (None, None) => {
+            for key in ["https_address", "tls_min_version", "tls_cipher_suites"] {
+                if v.is_set(key) {
+                    return Err(invalid(key, "needs tls_cert_file and tls_key_file to serve HTTPS"));
+                }
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err(invalid("tls_key_file", "is required with tls_cert_file")),
+        (None, Some(_)) => return Err(invalid("tls_cert_file", "is required with tls_key_file")),
+    };
+    let tls13_only = match v.str("tls_min_version").to_ascii_uppercase().as_str() {
+        "" | "TLS1.2" => false,
+        "TLS1.3" => true,
+        other => {
+            return Err(invalid(
+                "tls_min_version",
+                format!("`{other}` is not supported; use TLS1.2 or TLS1.3"),
+            ));
+        }
+    };
+    let cipher_suites = v
+        .list("tls_cipher_suites")
+        .iter()
+        .map(|n| crate::tls::suite_by_name(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| invalid("tls_cipher_suites", m))?;
+    crate::tls::load_key_pair(&cert, &key, &rustls::crypto::ring::default_provider()).map_err(|m| invalid("tls_cert_file", m))?;
+    let address = parse_listen_address(&v.str("https_address")).map_err(|m| invalid("https_address", m))?;
+    Ok(Some((
+        address,
+        crate::tls::TlsSettings {
+            cert_file: cert,
+            key_file: key,
+            tls13_only,
+            cipher_suites,
+        },
+    )))
 }
 
 /// Timeout for connecting to Redis and for each command.
@@ -934,7 +980,7 @@ pub fn parse_cookie_secret(raw: &str) -> Result<Vec<u8>, String> {
 /// Accepts Go-style addresses: `127.0.0.1:4180`, `:4180` (all interfaces), `[::1]:4180`,
 /// optionally prefixed with `http://`.
 pub fn parse_listen_address(raw: &str) -> Result<SocketAddr, String> {
-    let addr = raw.strip_prefix("http://").unwrap_or(raw);
+    let addr = raw.strip_prefix("http://").or_else(|| raw.strip_prefix("https://")).unwrap_or(raw);
     if let Some(port) = addr.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| format!("`{raw}` has no valid port"))?;
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));

@@ -113,7 +113,7 @@ pub static OPTIONS: &[Opt] = &[
         "https_address",
         Str,
         ":443",
-        Planned,
+        Supported,
         "<addr>:<port> to listen on for HTTPS clients.",
     ),
     o(
@@ -121,7 +121,7 @@ pub static OPTIONS: &[Opt] = &[
         "tls_cert_file",
         Str,
         "",
-        Planned,
+        Supported,
         "Path to the TLS certificate (PEM).",
     ),
     o(
@@ -129,7 +129,7 @@ pub static OPTIONS: &[Opt] = &[
         "tls_key_file",
         Str,
         "",
-        Planned,
+        Supported,
         "Path to the TLS private key (PEM).",
     ),
     o(
@@ -137,7 +137,7 @@ pub static OPTIONS: &[Opt] = &[
         "tls_min_version",
         Str,
         "",
-        Planned,
+        Supported,
         "Minimum TLS version: TLS1.2 or TLS1.3.",
     ),
     o(
@@ -145,7 +145,7 @@ pub static OPTIONS: &[Opt] = &[
         "tls_cipher_suites",
         List,
         "",
-        Planned,
+        Supported,
         "TLS cipher suites to allow.",
     ),
     o(

@@ -257,6 +257,34 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (&["--api-route=["], "option `api_routes`: `[` is not a valid regular expression"),
         (&["--trusted-ip=10.0.0.0/8"], "spoofable"),
         (&["--proxy-prefix=/oauth2/"], "option `proxy_prefix`"),
+        (
+            &["--tls-cert-file=/x/tls.crt"],
+            "option `tls_key_file`: is required with tls_cert_file",
+        ),
+        (
+            &["--https-address=:8443"],
+            "option `https_address`: needs tls_cert_file and tls_key_file",
+        ),
+        (
+            &["--tls-cert-file=/nonexistent/tls.crt", "--tls-key-file=/nonexistent/tls.key"],
+            "option `tls_cert_file`: cannot read /nonexistent/tls.crt",
+        ),
+        (
+            &[
+                "--tls-cert-file=/x/tls.crt",
+                "--tls-key-file=/x/tls.key",
+                "--tls-min-version=TLS1.0",
+            ],
+            "option `tls_min_version`: `TLS1.0` is not supported",
+        ),
+        (
+            &[
+                "--tls-cert-file=/x/tls.crt",
+                "--tls-key-file=/x/tls.key",
+                "--tls-cipher-suite=TLS_RSA_WITH_RC4_128_SHA",
+            ],
+            "option `tls_cipher_suites`: `TLS_RSA_WITH_RC4_128_SHA` is not a supported cipher suite",
+        ),
         (&["--trusted-proxy-ip=10.0.0.0/33"], "option `trusted_proxy_ips`: `10.0.0.0/33`"),
         (&["--real-client-ip-header=X Real"], "option `real_client_ip_header`"),
         (&["--auth-success-status=302"], "option `auth_success_status`: 302 is not a 2xx"),

@@ -1,0 +1,204 @@
+//! End-to-end: the HTTPS listener (rustls), ALPN, minimum version, and certificate files
+//! reloaded on change without dropping open connections.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+fn client_config(cas: &[&Path], tls12_only: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS12, &rustls::version::TLS13]
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    TlsConnector::from(cfg)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+}
+
+/// The common name of the certificate the server presented.
+fn peer_name(s: &Tls) -> String {
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    // Good enough for a test: the CN is the last printable run before the validity dates.
+    let text = String::from_utf8_lossy(&der).to_string();
+    ["first", "second"]
+        .iter()
+        .find(|n| text.contains(*n))
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+async fn get_ping(s: &mut Tls) -> String {
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+fn copy_pair(from: (&Path, &Path), to: &Path) {
+    // Like a Secret update: write new files, then move them into place.
+    std::fs::copy(from.0, to.join("tls.crt.new")).unwrap();
+    std::fs::copy(from.1, to.join("tls.key.new")).unwrap();
+    std::fs::rename(to.join("tls.key.new"), to.join("tls.key")).unwrap();
+    std::fs::rename(to.join("tls.crt.new"), to.join("tls.crt")).unwrap();
+}
+
+#[tokio::test]
+async fn https_with_alpn_and_hot_reload_that_keeps_open_connections() {
+    install_crypto();
+    let (a, b, live) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (ca_a, cert_a, key_a) = tls_files(a.path(), "first");
+    let (ca_b, cert_b, key_b) = tls_files(b.path(), "second");
+    copy_pair((&cert_a, &key_a), live.path());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listener = Proxy::bind().await;
+    let https = format!("--https-address=127.0.0.1:{port}");
+    let cert = format!("--tls-cert-file={}", live.path().join("tls.crt").display());
+    let key = format!("--tls-key-file={}", live.path().join("tls.key").display());
+    let args = Proxy::args(
+        "http://127.0.0.1:1/",
+        "static://200",
+        &[
+            &https,
+            &cert,
+            &key,
+            "--skip-oidc-discovery",
+            "--login-url=http://127.0.0.1:1/a",
+            "--redeem-url=http://127.0.0.1:1/t",
+            "--oidc-jwks-url=http://127.0.0.1:1/k",
+        ],
+    );
+    let _proxy = Proxy::start(listener, &args).await;
+    let trust_both = client_config(&[&ca_a, &ca_b], false);
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(s) = connect(port, trust_both.clone()).await {
+            first = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("HTTPS listener up");
+    assert_eq!(peer_name(&first), "first");
+    assert_eq!(first.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 offered by ALPN");
+    drop(first);
+
+    let mut h1 = connect(port, {
+        let mut c = (*client_config(&[&ca_a, &ca_b], false)).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    })
+    .await
+    .unwrap();
+    assert!(get_ping(&mut h1).await.starts_with("HTTP/1.1 200"));
+
+    // Replace the files: new handshakes get the new certificate, the open connection lives on.
+    copy_pair((&cert_b, &key_b), live.path());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = connect(port, trust_both.clone()).await.unwrap();
+        if peer_name(&s) == "second" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "certificate not reloaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        get_ping(&mut h1).await.starts_with("HTTP/1.1 200"),
+        "the connection opened before the reload still works"
+    );
+}
+
+#[test]
+fn a_broken_update_keeps_the_working_certificate() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = tls_files(dir.path(), "first");
+    let reloading = sidekey_proxy::tls::ReloadingCert::new(sidekey_proxy::tls::TlsSettings {
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+        tls13_only: false,
+        cipher_suites: vec![],
+    })
+    .unwrap();
+    assert!(!reloading.reload_if_changed(), "nothing changed");
+    let before = reloading.server_config().unwrap();
+    std::fs::write(&cert, "not a certificate").unwrap();
+    assert!(!reloading.reload_if_changed(), "a broken pair is not taken");
+    // The server still has a certificate to present.
+    let after = reloading.server_config().unwrap();
+    assert_eq!(before.alpn_protocols, after.alpn_protocols);
+    let dir2 = tempfile::tempdir().unwrap();
+    let (_, cert2, key2) = tls_files(dir2.path(), "second");
+    std::fs::copy(cert2, &cert).unwrap();
+    std::fs::copy(key2, &key).unwrap();
+    assert!(reloading.reload_if_changed(), "a fixed pair is taken");
+}
+
+#[tokio::test]
+async fn minimum_version_tls13_refuses_tls12_clients() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), "first");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listener = Proxy::bind().await;
+    let https = format!("--https-address=127.0.0.1:{port}");
+    let cert = format!("--tls-cert-file={}", cert.display());
+    let key = format!("--tls-key-file={}", key.display());
+    let args = Proxy::args(
+        "http://127.0.0.1:1/",
+        "static://200",
+        &[
+            &https,
+            &cert,
+            &key,
+            "--tls-min-version=TLS1.3",
+            "--skip-oidc-discovery",
+            "--login-url=http://127.0.0.1:1/a",
+            "--redeem-url=http://127.0.0.1:1/t",
+            "--oidc-jwks-url=http://127.0.0.1:1/k",
+        ],
+    );
+    let _proxy = Proxy::start(listener, &args).await;
+    let mut ok = None;
+    for _ in 0..100 {
+        if let Ok(s) = connect(port, client_config(&[&ca], false)).await {
+            ok = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = ok.expect("TLS 1.3 handshake");
+    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert!(connect(port, client_config(&[&ca], true)).await.is_err(), "TLS 1.2 refused");
+}
