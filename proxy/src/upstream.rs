@@ -30,6 +30,8 @@ pub enum UpstreamError {
 pub struct Upstreams {
     routes: Vec<Upstream>,
     client: Client<HttpsConnector, Incoming>,
+    /// HTTP/2 with prior knowledge for `h2c://` upstreams (gRPC without TLS).
+    h2c: Client<HttpsConnector, Incoming>,
     timeout: Duration,
 }
 
@@ -50,8 +52,17 @@ impl Upstreams {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
             .build(connector);
-        Ok(Upstreams { routes, client, timeout })
+        Ok(Upstreams {
+            routes,
+            client,
+            h2c,
+            timeout,
+        })
     }
 
     /// The upstream with the longest path prefix matching `path` (routes are sorted so).
@@ -86,7 +97,12 @@ impl Upstreams {
         from: &Origin,
         pass_host: bool,
     ) -> Result<Response<Body>, UpstreamError> {
-        let origin_text = origin.as_str().trim_end_matches('/');
+        let h2c = origin.scheme() == "h2c";
+        let origin_text = match origin.as_str().trim_end_matches('/').strip_prefix("h2c://") {
+            Some(authority) => format!("http://{authority}"),
+            None => origin.as_str().trim_end_matches('/').to_string(),
+        };
+        let origin_text = origin_text.as_str();
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri: Uri = format!("{origin_text}{path_and_query}")
             .parse()
@@ -103,7 +119,14 @@ impl Upstreams {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let headers = req.headers_mut();
+        // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         remove_hop_by_hop(headers);
+        if te_trailers && h2c {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
@@ -132,9 +155,15 @@ impl Upstreams {
             }
         }
         *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
+        let client = if h2c {
+            *req.version_mut() = Version::HTTP_2;
+            &self.h2c
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            &self.client
+        };
 
-        let response = tokio::time::timeout(self.timeout, self.client.request(req))
+        let response = tokio::time::timeout(self.timeout, client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout {
                 origin: origin_text.to_string(),

@@ -1026,8 +1026,10 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
         } else {
             let url =
                 Url::parse(item).map_err(|e| bad(format!("not a URL ({e}); use http://host:port/, static://202 or file:///dir#/path")))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err(bad("use http:// or https:// with a host".into()));
+            if !matches!(url.scheme(), "http" | "https" | "h2c") || url.host().is_none() {
+                return Err(bad(
+                    "use http:// or https:// with a host (h2c:// for cleartext HTTP/2, e.g. gRPC)".into()
+                ));
             }
             if url.query().is_some() || url.fragment().is_some() {
                 return Err(bad("an upstream URL cannot have a query or fragment".into()));
