@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::authz::{Authorizer, Constraints};
+use crate::bearer::{self, BearerVerifier};
 use crate::body::{Body, full};
 use crate::config::{Config, SameSite, UpstreamTarget};
 use crate::forwarded::Origin;
@@ -109,6 +110,7 @@ pub struct App {
     clock: Clock,
     paths: Paths,
     refreshes: SingleFlight,
+    bearer: Option<BearerVerifier>,
     /// Whether the client credential was usable at the last look, to log changes once.
     credential_ok: std::sync::atomic::AtomicBool,
 }
@@ -137,6 +139,9 @@ struct Ctx {
     peer: SocketAddr,
     /// The original request as a trusted front end describes it (or as it arrived).
     origin: Origin,
+    /// `Authorization: Bearer <jwt>` as the client sent it, with `skip_jwt_bearer_tokens`
+    /// (read before identity headers are stripped).
+    bearer: Option<String>,
 }
 
 impl App {
@@ -170,9 +175,15 @@ impl App {
             clock,
             paths,
             refreshes: SingleFlight::default(),
+            bearer: None,
             credential_ok: std::sync::atomic::AtomicBool::new(true),
             cfg,
         })
+    }
+
+    /// Accepts bearer JWTs (`skip_jwt_bearer_tokens`) verified by `verifier`.
+    pub fn set_bearer(&mut self, verifier: Option<BearerVerifier>) {
+        self.bearer = verifier;
     }
 
     pub fn oidc(&self) -> &Arc<Oidc> {
@@ -181,6 +192,7 @@ impl App {
 
     /// Handles one request. `scheme` is the listener's (`http` or `https`).
     pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+        let bearer = self.bearer.as_ref().and_then(|_| bearer::bearer_token(req.headers()));
         headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
         let origin = Origin::read(req.headers_mut(), peer.ip(), scheme, &self.cfg.trust);
         let cx = Ctx {
@@ -190,6 +202,7 @@ impl App {
             started: Instant::now(),
             peer,
             origin,
+            bearer,
         };
         req.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
@@ -310,6 +323,11 @@ impl App {
             }
             metrics::decision("skipped");
             return self.forward_unauthenticated(req, cx).await;
+        }
+        match self.bearer_session(cx).await {
+            Some(Ok(session)) => return self.forward(req, cx, session).await,
+            Some(Err(resp)) => return (resp, None),
+            None => {}
         }
         let mut lookup = match self.session(req.headers(), cx).await {
             Ok(l) => l,
@@ -712,9 +730,16 @@ impl App {
             }
         }
         let constraints = Constraints::from_query(req.uri().query());
-        let mut lookup = match self.session(req.headers(), cx).await {
-            Ok(l) => l,
-            Err(e) => return (self.fail(Failure::Store(e), &cx.request_id), None),
+        let mut lookup = match self.bearer_session(cx).await {
+            Some(Ok(session)) => Lookup {
+                session: Some(session),
+                set_cookies: vec![],
+            },
+            Some(Err(resp)) => return (resp, None),
+            None => match self.session(req.headers(), cx).await {
+                Ok(l) => l,
+                Err(e) => return (self.fail(Failure::Store(e), &cx.request_id), None),
+            },
         };
         let (mut resp, user) = match lookup.session.take() {
             Some(s) => match self
@@ -851,6 +876,23 @@ impl App {
             Outcome::Unavailable(_) => "unavailable",
         });
         outcome
+    }
+
+    /// With `skip_jwt_bearer_tokens` and a bearer JWT: the session it proves, or a 401 for
+    /// an API client whose token does not verify. `None` when there is no bearer token.
+    async fn bearer_session(&self, cx: &Ctx) -> Option<Result<Session, Response<Body>>> {
+        let (verifier, token) = (self.bearer.as_ref()?, cx.bearer.as_deref()?);
+        Some(match verifier.verify(token, unix((self.clock)())).await {
+            Ok(session) => Ok(session),
+            Err(e) => {
+                metrics::decision("unauthenticated");
+                self.auth_event("denied", "", &format!("bearer token refused: {e}"));
+                let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized");
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+                Err(resp)
+            }
+        })
     }
 
     /// Whether a client credential can be produced (a federated token file is mounted and

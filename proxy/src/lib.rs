@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod authz;
+pub mod bearer;
 pub mod body;
 pub mod client_auth;
 pub mod config;
@@ -55,11 +56,27 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let http =
         http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
-    let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http, clock.clone()));
+    let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http.clone(), clock.clone()));
     let cfg_metrics = cfg.metrics_address;
     let cfg_https = cfg.https.clone();
     tracing::info!(client_authentication = %cfg.provider.client_auth.describe(), "client credential");
-    let app = Arc::new(app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?);
+    let bearer = cfg.jwt_bearer.as_ref().map(|extra| {
+        let mut issuers = vec![oidc.clone()];
+        for (issuer, audience) in extra {
+            let mut p = cfg.provider.clone();
+            p.issuer_url = issuer.clone();
+            p.client_id = audience.clone();
+            p.extra_audiences = vec![];
+            p.entra = None;
+            p.skip_discovery = false;
+            p.client_auth = client_auth::ClientAuth::None;
+            issuers.push(Arc::new(oidc::Oidc::new(p, http.clone(), clock.clone())));
+        }
+        bearer::BearerVerifier::new(issuers)
+    });
+    let mut app = app::App::new(cfg, oidc.clone(), clock).map_err(anyhow::Error::msg)?;
+    app.set_bearer(bearer);
+    let app = Arc::new(app);
     app.credential_usable();
     let metrics = match cfg_metrics {
         Some(addr) => {

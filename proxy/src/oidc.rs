@@ -516,6 +516,16 @@ impl Oidc {
 
     /// Entra groups overage: the ID token has no groups, Graph has them. A Graph failure is
     /// a failed login, never a silently empty group list.
+    /// Whether unverified claims name this provider as their issuer (to pick a verifier).
+    pub fn issuer_matches(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let text = |k: &str| claims.get(k).and_then(|v| v.as_str());
+        let iss = text("iss").unwrap_or("");
+        match &self.cfg.entra {
+            Some(e) => e.check_token_issuer(iss, text("tid")).is_ok(),
+            None => iss.trim_end_matches('/') == self.cfg.issuer_url.as_str().trim_end_matches('/'),
+        }
+    }
+
     /// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): the provider's
     /// `end_session_endpoint` with `id_token_hint` (or `client_id` without one) and
     /// `post_logout_redirect_uri`. `None` when the provider has no such endpoint.

@@ -194,6 +194,8 @@ pub struct Config {
     pub sign_out: SignOutConfig,
     /// `None`: sessions live in the cookie.
     pub redis: Option<RedisConfig>,
+    /// `skip_jwt_bearer_tokens`: `Some(extra_jwt_issuers)` as (issuer, audience) pairs.
+    pub jwt_bearer: Option<Vec<(Url, String)>>,
     pub skip_provider_button: bool,
     pub headers: HeaderConfig,
     pub cookie: CookieConfig,
@@ -318,6 +320,7 @@ impl Config {
             auth_success_status: auth_success_status(v)?,
             sign_out: sign_out_config(v)?,
             redis: redis_config(v)?,
+            jwt_bearer: jwt_bearer_config(v)?,
             skip_provider_button: v.bool("skip_provider_button"),
             headers,
             cookie,
@@ -411,6 +414,34 @@ fn https_config(v: &Values) -> Result<Option<(SocketAddr, crate::tls::TlsSetting
             cipher_suites,
         },
     )))
+}
+
+fn jwt_bearer_config(v: &Values) -> Result<Option<Vec<(Url, String)>>, ConfigError> {
+    let extra = v
+        .list("extra_jwt_issuers")
+        .iter()
+        .map(|pair| {
+            let (issuer, audience) = pair
+                .split_once('=')
+                .filter(|(i, a)| !i.is_empty() && !a.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "extra_jwt_issuers",
+                        format!("`{pair}` is not issuer=audience, e.g. https://login.example.com/=api://orders"),
+                    )
+                })?;
+            let url = Url::parse(issuer).map_err(|e| invalid("extra_jwt_issuers", format!("`{issuer}` is not an issuer URL: {e}")))?;
+            check_secure_url("extra_jwt_issuers", &url)?;
+            Ok((url, audience.to_string()))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    if !v.bool("skip_jwt_bearer_tokens") {
+        if !extra.is_empty() {
+            return Err(invalid("extra_jwt_issuers", "has no effect without skip_jwt_bearer_tokens = true"));
+        }
+        return Ok(None);
+    }
+    Ok(Some(extra))
 }
 
 /// Timeout for connecting to Redis and for each command.

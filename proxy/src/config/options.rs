@@ -890,7 +890,7 @@ pub static OPTIONS: &[Opt] = &[
         "skip_jwt_bearer_tokens",
         Bool,
         "false",
-        Planned,
+        Supported,
         "Accept verified bearer JWTs instead of a session.",
     ),
     o(
@@ -898,7 +898,7 @@ pub static OPTIONS: &[Opt] = &[
         "extra_jwt_issuers",
         List,
         "",
-        Planned,
+        Supported,
         "issuer=audience pairs for bearer JWTs.",
     ),
     o(
