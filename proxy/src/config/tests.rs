@@ -285,6 +285,18 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
             ],
             "option `tls_cipher_suites`: `TLS_RSA_WITH_RC4_128_SHA` is not a supported cipher suite",
         ),
+        (
+            &["--extra-jwt-issuers=https://login.example.com/=api://x"],
+            "option `extra_jwt_issuers`: has no effect without skip_jwt_bearer_tokens",
+        ),
+        (
+            &["--skip-jwt-bearer-tokens", "--extra-jwt-issuers=https://login.example.com/"],
+            "option `extra_jwt_issuers`: `https://login.example.com/` is not issuer=audience",
+        ),
+        (
+            &["--skip-jwt-bearer-tokens", "--extra-jwt-issuers=http://login.example.com/=api"],
+            "option `extra_jwt_issuers`",
+        ),
         (&["--trusted-proxy-ip=10.0.0.0/33"], "option `trusted_proxy_ips`: `10.0.0.0/33`"),
         (&["--real-client-ip-header=X Real"], "option `real_client_ip_header`"),
         (&["--auth-success-status=302"], "option `auth_success_status`: 302 is not a 2xx"),
