@@ -356,14 +356,7 @@ impl App {
             Some(u) => u.clone(),
             None => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
         };
-        let path = routes::normalize(uri.split(['?', '#']).next().unwrap_or("/"))?;
-        let method = cx
-            .origin
-            .trusted
-            .then(|| req.headers().get("x-forwarded-method"))
-            .flatten()
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-            .unwrap_or_else(|| req.method().clone());
+        let (method, path) = app_method_and_path(req, cx, &uri)?;
         Ok((method, path, self.return_target(cx, &uri)))
     }
 
@@ -713,17 +706,10 @@ impl App {
             pq.strip_prefix(self.paths.auth_subtree.as_str()).map(|rest| format!("/{rest}"))
         });
         if let Some(uri) = &app_uri {
-            let path = match routes::normalize(uri.split(['?', '#']).next().unwrap_or("/")) {
-                Ok(p) => p,
+            let (method, path) = match app_method_and_path(req, cx, uri) {
+                Ok(mp) => mp,
                 Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
             };
-            let method = cx
-                .origin
-                .trusted
-                .then(|| req.headers().get("x-forwarded-method"))
-                .flatten()
-                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-                .unwrap_or_else(|| req.method().clone());
             if self.cfg.routes.skips(&method, &path) {
                 metrics::decision("skipped");
                 return (text(self.cfg.auth_success_status, ""), None);
@@ -1039,6 +1025,20 @@ fn strip_own_cookies(h: &mut HeaderMap, cookie_name: &str) {
             h.insert(header::COOKIE, kept);
         }
     }
+}
+
+/// The app request's method (a trusted front end's `X-Forwarded-Method`, else this
+/// request's) and its normalized path, for the access rules.
+fn app_method_and_path(req: &Request<Incoming>, cx: &Ctx, uri: &str) -> Result<(Method, String), routes::PathError> {
+    let path = routes::normalize(uri.split(['?', '#']).next().unwrap_or("/"))?;
+    let method = cx
+        .origin
+        .trusted
+        .then(|| req.headers().get("x-forwarded-method"))
+        .flatten()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or_else(|| req.method().clone());
+    Ok((method, path))
 }
 
 /// Replaces the request's path, keeping its query.

@@ -85,11 +85,11 @@ fn env_configuration_like_a_sidecar() {
 
 #[tokio::test]
 async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let idp = Idp::start(&[format!("http://127.0.0.1:{port}/oauth2/callback")], serde_json::json!({}));
     let upstream = Upstream::start().await;
     let mut args = base(&idp.issuer, &upstream.url, port);
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_port = free_port();
     args.extend([
         "--logging-format=json".into(),
         "--pass-access-token".into(),

@@ -24,10 +24,6 @@ impl Drop for FrontEnd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn wait_listening(port: u16, child: &mut Child, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

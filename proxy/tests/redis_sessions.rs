@@ -18,10 +18,6 @@ struct Redis {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Redis {
     async fn start() -> Redis {
         Redis::start_with(&[]).await

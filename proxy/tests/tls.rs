@@ -60,6 +60,26 @@ async fn get_ping(s: &mut Tls) -> String {
     String::from_utf8_lossy(&buf[..n]).to_string()
 }
 
+/// A proxy serving HTTPS on a free port with these files (no provider needed for /ping).
+async fn start_https(cert: &Path, key: &Path, extra: &[&str]) -> (Proxy, u16) {
+    let port = free_port();
+    let https = format!("--https-address=127.0.0.1:{port}");
+    let cert = format!("--tls-cert-file={}", cert.display());
+    let key = format!("--tls-key-file={}", key.display());
+    let mut flags = vec![
+        https.as_str(),
+        &cert,
+        &key,
+        "--skip-oidc-discovery",
+        "--login-url=http://127.0.0.1:1/a",
+        "--redeem-url=http://127.0.0.1:1/t",
+        "--oidc-jwks-url=http://127.0.0.1:1/k",
+    ];
+    flags.extend_from_slice(extra);
+    let args = Proxy::args("http://127.0.0.1:1/", "static://200", &flags);
+    (Proxy::start(Proxy::bind().await, &args).await, port)
+}
+
 fn copy_pair(from: (&Path, &Path), to: &Path) {
     // Like a Secret update: write new files, then move them into place.
     std::fs::copy(from.0, to.join("tls.crt.new")).unwrap();
@@ -80,25 +100,7 @@ async fn https_with_alpn_and_hot_reload_that_keeps_open_connections() {
     let (ca_b, cert_b, key_b) = tls_files(b.path(), "second");
     copy_pair((&cert_a, &key_a), live.path());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listener = Proxy::bind().await;
-    let https = format!("--https-address=127.0.0.1:{port}");
-    let cert = format!("--tls-cert-file={}", live.path().join("tls.crt").display());
-    let key = format!("--tls-key-file={}", live.path().join("tls.key").display());
-    let args = Proxy::args(
-        "http://127.0.0.1:1/",
-        "static://200",
-        &[
-            &https,
-            &cert,
-            &key,
-            "--skip-oidc-discovery",
-            "--login-url=http://127.0.0.1:1/a",
-            "--redeem-url=http://127.0.0.1:1/t",
-            "--oidc-jwks-url=http://127.0.0.1:1/k",
-        ],
-    );
-    let _proxy = Proxy::start(listener, &args).await;
+    let (_proxy, port) = start_https(&live.path().join("tls.crt"), &live.path().join("tls.key"), &[]).await;
     let trust_both = client_config(&[&ca_a, &ca_b], false);
     let mut first = None;
     for _ in 0..100 {
@@ -170,26 +172,7 @@ async fn minimum_version_tls13_refuses_tls12_clients() {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_files(dir.path(), "first");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listener = Proxy::bind().await;
-    let https = format!("--https-address=127.0.0.1:{port}");
-    let cert = format!("--tls-cert-file={}", cert.display());
-    let key = format!("--tls-key-file={}", key.display());
-    let args = Proxy::args(
-        "http://127.0.0.1:1/",
-        "static://200",
-        &[
-            &https,
-            &cert,
-            &key,
-            "--tls-min-version=TLS1.3",
-            "--skip-oidc-discovery",
-            "--login-url=http://127.0.0.1:1/a",
-            "--redeem-url=http://127.0.0.1:1/t",
-            "--oidc-jwks-url=http://127.0.0.1:1/k",
-        ],
-    );
-    let _proxy = Proxy::start(listener, &args).await;
+    let (_proxy, port) = start_https(&cert, &key, &["--tls-min-version=TLS1.3"]).await;
     let mut ok = None;
     for _ in 0..100 {
         if let Ok(s) = connect(port, client_config(&[&ca], false)).await {

@@ -394,6 +394,11 @@ pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A loopback port that was free a moment ago, for peers that must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Waits for a condition with a deadline, polling; never a fixed sleep.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
