@@ -113,6 +113,8 @@ pub struct App {
     bearer: Option<BearerVerifier>,
     /// Whether the client credential was usable at the last look, to log changes once.
     credential_ok: std::sync::atomic::AtomicBool,
+    /// Whether the session store answered the last readiness probe, to log changes once.
+    store_ok: std::sync::atomic::AtomicBool,
 }
 
 /// The request's session after any refresh, and the cookies that refresh (or its failure) sets.
@@ -177,6 +179,7 @@ impl App {
             refreshes: SingleFlight::default(),
             bearer: None,
             credential_ok: std::sync::atomic::AtomicBool::new(true),
+            store_ok: std::sync::atomic::AtomicBool::new(true),
             cfg,
         })
     }
@@ -256,8 +259,15 @@ impl App {
                     None,
                 );
             }
-            if let Err(e) = self.sessions.ping().await {
-                tracing::warn!(error = %e, "not ready: the session store is unreachable");
+            let ping = self.sessions.ping().await;
+            // Probes come every few seconds: log the changes, not every probe.
+            if self.store_ok.swap(ping.is_ok(), std::sync::atomic::Ordering::Relaxed) != ping.is_ok() {
+                match &ping {
+                    Ok(()) => tracing::info!("the session store is reachable again"),
+                    Err(e) => tracing::error!(error = %e, "the session store is unreachable; /ready reports 503 until it is back"),
+                }
+            }
+            if let Err(e) = ping {
                 let mut resp = Response::new(full(format!("{e}\n")));
                 *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 return (resp, None);

@@ -403,3 +403,22 @@ async fn cluster_of_three_masters() {
     drop(client);
     drop(idp);
 }
+
+#[tokio::test]
+async fn redis_with_a_password() {
+    let redis = Redis::start_with(&["--requirepass".into(), "s3cret-redis".into()]).await;
+    let env = setup(&redis.url(), &["--redis-password=s3cret-redis"], serde_json::json!({})).await;
+    let client = browser();
+    let p = &env.proxy.url;
+    login(&client, p, "/", "alice", "alice-password").await;
+    assert_eq!(status(&client, &format!("{p}/x")).await, 200);
+
+    // Without the password the store refuses: not ready, with the reason and no secret.
+    let listener = Proxy::bind().await;
+    let without = start_proxy(listener, &env.idp, &env.upstream, &redis.url(), &[]).await;
+    let ready = client.get(format!("{}/ready", without.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("Redis") && !why.contains("s3cret"), "{why}");
+    drop(env.idp);
+}

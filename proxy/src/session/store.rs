@@ -216,8 +216,13 @@ impl RedisStore {
 
     async fn run_timed(&self, cmd: Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn().await?;
+        // A server error reply (NOAUTH, READONLY on a replica, OOM) arrives as a value:
+        // it must fail the operation, or a session would be "stored" nowhere.
         let result = match tokio::time::timeout(self.timeout, conn.run(&cmd)).await {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => match v.extract_error() {
+                Ok(v) => return Ok(v),
+                Err(e) => StoreError::Unavailable(e.to_string()),
+            },
             Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
             Err(_) => StoreError::Timeout(self.timeout),
         };
