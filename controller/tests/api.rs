@@ -219,9 +219,9 @@ fn rendered_args_parse_with_the_proxys_own_parser() {
 
 #[test]
 fn rendered_oidc_config_is_a_complete_valid_proxy_config() {
-    // Every case whose features the proxy implements (generic OIDC and Entra workload
-    // identity; not yet Redis, skip-auth or API routes) must pass its full start-up checks.
-    for case in ["conflict", "cross-namespace", "entra-route", "multi", "regular-mode"] {
+    // Every rendered sidecar (generic OIDC, Entra workload identity, Redis sessions) must
+    // pass the proxy's full start-up checks.
+    for case in ["conflict", "cross-namespace", "entra-route", "multi", "regular-mode", "oidc-secret"] {
         for (what, args, env) in sidecar_args_and_env(case) {
             let inv = sidekey_proxy::config::load(args.clone(), env).unwrap_or_else(|e| panic!("{what}: {e}\nargs: {args:?}"));
             sidekey_proxy::config::Config::from_values(&inv.values).unwrap_or_else(|e| panic!("{what}: {e}\nargs: {args:?}"));
