@@ -113,7 +113,20 @@ async fn https_with_alpn_and_hot_reload_that_keeps_open_connections() {
     let first = first.expect("HTTPS listener up");
     assert_eq!(peer_name(&first), "first");
     assert_eq!(first.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 offered by ALPN");
-    drop(first);
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(first))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://127.0.0.1:{port}/ping"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2),
+        "h2 over TLS"
+    );
+    drop(h2);
 
     let mut h1 = connect(port, {
         let mut c = (*client_config(&[&ca_a, &ca_b], false)).clone();
