@@ -17,6 +17,19 @@ struct FrontEnd {
     _dir: tempfile::TempDir,
 }
 
+impl FrontEnd {
+    /// Starts the front end and waits until it listens on `port`.
+    async fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir, what: &str) -> FrontEnd {
+        let mut child = cmd.stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        wait_listening(port, &mut child, what).await;
+        FrontEnd {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        }
+    }
+}
+
 impl Drop for FrontEnd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -70,23 +83,15 @@ async fn nginx(port: u16, proxy: &str, app: &str) -> FrontEnd {
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let mut child = Command::new(binary("/usr/sbin/nginx"))
-        .arg("-p")
+    let mut cmd = Command::new(binary("/usr/sbin/nginx"));
+    cmd.arg("-p")
         .arg(dir.path())
         .arg("-c")
         .arg(&path)
         .arg("-e")
         .arg(dir.path().join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nginx");
-    wait_listening(port, &mut child, "nginx").await;
-    FrontEnd {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
-        _dir: dir,
-    }
+        .stderr(Stdio::inherit());
+    FrontEnd::spawn(cmd, port, dir, "nginx").await
 }
 
 /// Caddy with `forward_auth`, from the documented Caddyfile.
@@ -105,22 +110,14 @@ async fn caddy(port: u16, proxy: &str, app: &str, example: &str) -> FrontEnd {
         .replace("app:8080", app.trim_start_matches("http://").trim_end_matches('/'));
     let path = dir.path().join("Caddyfile");
     std::fs::write(&path, file).unwrap();
-    let mut child = Command::new(binary("/usr/bin/caddy"))
-        .args(["run", "--adapter", "caddyfile", "--config"])
+    let mut cmd = Command::new(binary("/usr/bin/caddy"));
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&path)
         .env("HOME", dir.path())
         .env("XDG_DATA_HOME", dir.path())
         .env("XDG_CONFIG_HOME", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start caddy");
-    wait_listening(port, &mut child, "caddy").await;
-    FrontEnd {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
-        _dir: dir,
-    }
+        .stderr(Stdio::null());
+    FrontEnd::spawn(cmd, port, dir, "caddy").await
 }
 
 /// Users for these tests: `gus` has enough groups that his session needs two cookies;
