@@ -66,7 +66,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             auth_decisions: Family::default(),
@@ -76,7 +76,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             registry: Registry::with_prefix("sidekey_proxy"),
         };
-        let mut r = Registry::with_prefix("sidekey_proxy");
+        let r = &mut m.registry;
         r.register("requests", "Requests by route class and status code", m.requests.clone());
         r.register(
             "request_duration_seconds",
@@ -108,7 +108,7 @@ impl Metrics {
             "Upstream failures by kind (unreachable, timeout, no_route)",
             m.upstream_errors.clone(),
         );
-        Metrics { registry: r, ..m }
+        m
     }
 
     pub fn encode(&self) -> String {

@@ -140,7 +140,15 @@ struct Stack {
     front: FrontEnd,
 }
 
-async fn nginx_stack(extra: &[&str]) -> Stack {
+enum Front {
+    Nginx,
+    /// A Caddyfile under docs/examples/.
+    Caddy(&'static str),
+}
+
+/// The IdP, the proxy (its own upstream a static 202: it only answers the front end), the
+/// app, and the front end in front of both, on loopback.
+async fn stack(front: Front, extra: &[&str]) -> Stack {
     let port = free_port();
     let front_url = format!("http://127.0.0.1:{port}");
     let listener = Proxy::bind().await;
@@ -150,19 +158,13 @@ async fn nginx_stack(extra: &[&str]) -> Stack {
     );
     let app = Upstream::start().await;
     let redirect = format!("--redirect-url={front_url}/oauth2/callback");
-    let mut flags = vec![
-        "--reverse-proxy=true",
-        "--set-xauthrequest",
-        "--pass-access-token",
-        "--scope=openid email profile offline_access",
-        "--prompt=consent",
-        "--cookie-refresh=1m",
-        &redirect,
-    ];
+    let mut flags = vec!["--reverse-proxy=true", "--set-xauthrequest", &redirect];
     flags.extend_from_slice(extra);
-    // The proxy only answers the front end here: its own upstream is a static 202.
     let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, "static://202", &flags)).await;
-    let front = nginx(port, &proxy.url, app.url.trim_end_matches('/')).await;
+    let front = match front {
+        Front::Nginx => nginx(port, &proxy.url, app.url.trim_end_matches('/')).await,
+        Front::Caddy(example) => caddy(port, &proxy.url, &app.url, example).await,
+    };
     Stack {
         idp,
         proxy,
@@ -170,6 +172,14 @@ async fn nginx_stack(extra: &[&str]) -> Stack {
         front,
     }
 }
+
+/// nginx tests also pass the access token on and refresh after a minute.
+const NGINX_FLAGS: &[&str] = &[
+    "--pass-access-token",
+    "--scope=openid email profile offline_access",
+    "--prompt=consent",
+    "--cookie-refresh=1m",
+];
 
 fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
     resp.headers()
@@ -220,7 +230,7 @@ fn one<'a>(view: &'a serde_json::Value, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn nginx_auth_request_login_identity_and_refresh_cookie_pass_through() {
-    let s = nginx_stack(&[]).await;
+    let s = stack(Front::Nginx, NGINX_FLAGS).await;
     let client = browser();
     let f = &s.front.url;
 
@@ -269,7 +279,7 @@ async fn nginx_auth_request_login_identity_and_refresh_cookie_pass_through() {
 
 #[tokio::test]
 async fn nginx_passes_a_session_split_over_two_cookies() {
-    let s = nginx_stack(&[]).await;
+    let s = stack(Front::Nginx, NGINX_FLAGS).await;
     let client = browser();
     let f = &s.front.url;
     let page = client.get(format!("{f}/big")).send().await.unwrap().text().await.unwrap();
@@ -301,31 +311,9 @@ async fn nginx_passes_a_session_split_over_two_cookies() {
     drop(s.idp);
 }
 
-async fn caddy_stack(example: &str, upstream: &str, extra: &[&str]) -> Stack {
-    let port = free_port();
-    let front_url = format!("http://127.0.0.1:{port}");
-    let listener = Proxy::bind().await;
-    let idp = Idp::start(
-        &[format!("{front_url}/oauth2/callback")],
-        serde_json::json!({ "users": idp_users() }),
-    );
-    let app = Upstream::start().await;
-    let redirect = format!("--redirect-url={front_url}/oauth2/callback");
-    let mut flags = vec!["--reverse-proxy=true", "--set-xauthrequest", &redirect];
-    flags.extend_from_slice(extra);
-    let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, upstream, &flags)).await;
-    let front = caddy(port, &proxy.url, &app.url, example).await;
-    Stack {
-        idp,
-        proxy,
-        _app: app,
-        front,
-    }
-}
-
 #[tokio::test]
 async fn caddy_forward_auth_login_and_what_the_app_receives() {
-    let s = caddy_stack("Caddyfile", "static://202", &[]).await;
+    let s = stack(Front::Caddy("Caddyfile"), &[]).await;
     let client = browser();
     let f = &s.front.url;
     let first = client.get(format!("{f}/dash?tab=2&q=a%20b")).send().await.unwrap();
@@ -362,7 +350,7 @@ async fn caddy_forward_auth_login_and_what_the_app_receives() {
 async fn caddy_emulating_traefik_forward_auth_to_a_static_upstream() {
     // Traefik's forwardAuth calls the proxy's `/` with X-Forwarded-*; non-2xx answers go
     // to the browser as they are. Caddy's forward_auth with `uri /` does the same.
-    let s = caddy_stack("Caddyfile.traefik-style", "static://202", &["--skip-provider-button=true"]).await;
+    let s = stack(Front::Caddy("Caddyfile.traefik-style"), &["--skip-provider-button=true"]).await;
     let client = browser();
     let f = &s.front.url;
     let first = client.get(format!("{f}/orders/7")).send().await.unwrap();
