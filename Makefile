@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs crds validate clean
+.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
 demo:
@@ -37,12 +37,18 @@ lint:
 docs:
 	SIDEKEY_UPDATE_DOCS=1 $(CARGO) test -p sidekey-proxy --lib config::tests::configuration_doc_is_current
 
-## crds: regenerate crds/ and the controller's golden render outputs from the Rust types
+## crds: regenerate crds/ (and the chart's copy), the golden render outputs and manifests/install
 crds:
 	$(CARGO) run -q -p sidekey-controller --bin crdgen > crds/sidekey.dev_authpolicies.yaml
+	cp crds/sidekey.dev_authpolicies.yaml charts/sidekey/files/
 	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test render
+	$(MAKE) manifests
 
-## validate: every rendered object against the official Kubernetes and Gateway API schemas
+## manifests: regenerate manifests/install from the chart's default render
+manifests: setup
+	.tools/venv/bin/python tests/k8s/chart_test.py --update
+
+## validate: rendered objects, the chart and the install against the official schemas
 validate: setup
 	tests/k8s/validate.sh
 

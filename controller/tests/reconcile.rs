@@ -539,3 +539,99 @@ async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
             .contains("sidekey_controller_reconcile_errors_total{reason=\"api_500\"} 4")
     );
 }
+
+/// Every API call a reconcile makes, as an RBAC (group, resource, verb).
+fn rbac_of(s: &Sent) -> (String, String, String) {
+    let parts: Vec<&str> = s.path.trim_start_matches('/').split('/').collect();
+    // /api/v1/namespaces/ns/<resource>[/name[/sub]] or /apis/<group>/<v>/namespaces/ns/...
+    let (group, rest) = match parts[0] {
+        "api" => ("", &parts[2..]),
+        _ => (parts[1], &parts[3..]),
+    };
+    let resource = match rest {
+        ["namespaces", _, r, _, sub] => format!("{r}/{sub}"),
+        ["namespaces", _, r, ..] => r.to_string(),
+        other => panic!("unexpected path {other:?}"),
+    };
+    let verb = match s.method {
+        Method::PATCH => "patch",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        Method::GET => "get",
+        _ => "other",
+    };
+    (group.to_string(), resource, verb.to_string())
+}
+
+/// The ClusterRole and Role the install grants (manifests/install is the chart's default
+/// render, checked by tests/k8s/chart_test.py).
+fn granted() -> std::collections::BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/install/rbac.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for d in docs.iter().filter(|d| {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) && (name.ends_with("-controller") || name.ends_with("-leader-election"))
+    }) {
+        for rule in d["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        out.insert((g.as_str().unwrap().into(), r.as_str().unwrap().into(), v.as_str().unwrap().into()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_install_grants_exactly_the_verbs_the_controller_uses() {
+    let mut used = std::collections::BTreeSet::new();
+    // Inject, switch, delete: every write path of a policy's life.
+    let mut w = world();
+    let (_, sent, _) = run(&w, &policy(false), echo()).await;
+    used.extend(sent.iter().map(rbac_of));
+    let p = with_status(policy(true), find(&sent, Method::PATCH, POLICY_STATUS));
+    let d = applied_deployment(&deployment("hello", "hello"), find(&sent, Method::PATCH, &deployment_path("hello")));
+    w.add_deployment(d).add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+    let (_, sent, _) = run(&w, &p, echo()).await;
+    used.extend(sent.iter().map(rbac_of));
+    let (w, mut p) = converge().await;
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let (_, sent, _) = run(&w, &p, echo()).await;
+    used.extend(sent.iter().map(rbac_of));
+
+    let s = |g: &str, r: &str, v: &str| (g.to_string(), r.to_string(), v.to_string());
+    // The runtime's reflectors list and watch these (runtime.rs); leader election gets,
+    // creates and updates its Lease (tests/runtime.rs drives it against a mock API).
+    for (g, r) in [
+        ("sidekey.dev", "authpolicies"),
+        ("", "services"),
+        ("apps", "deployments"),
+        ("", "secrets"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.networking.k8s.io", "referencegrants"),
+    ] {
+        used.insert(s(g, r, "list"));
+        used.insert(s(g, r, "watch"));
+    }
+    for v in ["get", "create", "update"] {
+        used.insert(s("coordination.k8s.io", "leases", v));
+    }
+    // Used on paths these scenarios do not reach: kube's event Recorder patches a repeated
+    // event's series; cross-namespace generated cookie Secrets are deleted on cleanup.
+    used.insert(s("events.k8s.io", "events", "patch"));
+    used.insert(s("", "secrets", "delete"));
+
+    let granted = granted();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let extra: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty(),
+        "the controller uses verbs the install does not grant: {missing:?}"
+    );
+    assert!(extra.is_empty(), "the install grants verbs the controller never uses: {extra:?}");
+}

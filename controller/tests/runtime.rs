@@ -17,7 +17,7 @@ use sidekey_controller::cache::{ObjKey, Snapshot};
 use sidekey_controller::reconcile::Index;
 use sidekey_controller::render::SidecarMode;
 use sidekey_controller::resolve::{self, Touched};
-use sidekey_controller::runtime::{leader, parse_version, policies_for_deployment, sidecar_mode};
+use sidekey_controller::runtime::{Phase, leader, parse_version, policies_for_deployment, readyz, sidecar_mode};
 
 #[test]
 fn sidecar_mode_follows_the_server_version() {
@@ -37,6 +37,13 @@ fn sidecar_mode_follows_the_server_version() {
     );
     assert_eq!(sidecar_mode("regular", Some((1, 33))), SidecarMode::Regular);
     assert_eq!(sidecar_mode("native", Some((1, 27))), SidecarMode::Native);
+}
+
+#[test]
+fn a_standby_replica_is_ready_so_rolling_updates_finish() {
+    assert_eq!(readyz(Phase::Starting as u8).0, 503, "the leader's caches are still filling");
+    assert_eq!(readyz(Phase::Standby as u8).0, 200, "waiting for the Lease is a healthy state");
+    assert_eq!(readyz(Phase::Reconciling as u8), (200, "ok\n"));
 }
 
 fn svc(name: &str, app: &str) -> Arc<Service> {

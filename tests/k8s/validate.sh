@@ -30,3 +30,6 @@ tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 printf 'apiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: x}\nspec:\n  targetRefs: [{kind: Service, name: s}]\n  provider: {type: oidc, issuerURL: "https://i", clientID: c, clientSecret: oops}\n  access: {emailDomains: [x]}\n' >"$tmp"
 "$py" tests/k8s/validate_crs.py crds/sidekey.dev_authpolicies.yaml --expect-invalid -- "$tmp"
+
+# The Helm chart (lint, scenarios, schema, bad values) and the kustomize install.
+"$py" tests/k8s/chart_test.py
