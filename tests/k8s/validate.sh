@@ -26,6 +26,11 @@ fi
 echo "ok: rendered objects valid for Kubernetes 1.29/1.37 (native) and 1.25/1.37 (regular)"
 
 "$py" tests/k8s/validate_crs.py crds/sidekey.dev_authpolicies.yaml "${gateway_crds[@]}" -- "$golden"/*/input.yaml
+
+# The user-facing examples: their objects, their custom resources, and their renders.
+for v in 1.29.0 1.37.0; do "$kv" --strict --quiet --no-warn -k "$v" manifests/examples/*.yaml manifests/examples/rendered/*.yaml; done
+"$py" tests/k8s/validate_crs.py crds/sidekey.dev_authpolicies.yaml "${gateway_crds[@]}" -- manifests/examples/*.yaml
+echo "ok: manifests/examples and their renders valid for Kubernetes 1.29/1.37"
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 printf 'apiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: x}\nspec:\n  targetRefs: [{kind: Service, name: s}]\n  provider: {type: oidc, issuerURL: "https://i", clientID: c, clientSecret: oops}\n  access: {emailDomains: [x]}\n' >"$tmp"
