@@ -44,9 +44,10 @@ crds:
 	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test render
 	$(MAKE) manifests
 
-## manifests: regenerate manifests/install from the chart's default render
+## manifests: regenerate manifests/install (the chart's default render) and the argocd-cm snippet
 manifests: setup
 	.tools/venv/bin/python tests/k8s/chart_test.py --update
+	.tools/venv/bin/python tests/k8s/argocd_health_test.py --update
 
 ## validate: rendered objects, the chart and the install against the official schemas
 validate: setup

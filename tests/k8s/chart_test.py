@@ -74,7 +74,7 @@ def validate_schemas(objs, scenario):
     if monitors:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(monitors, f)
-        p = run(["node", os.path.join(ROOT, "tests", "k8s", "validate_servicemonitor.mjs"), f.name])
+        p = run(["node", os.path.join(ROOT, "tests", "k8s", "validate_models.mjs"), f.name])
         os.unlink(f.name)
         check(p.returncode == 0, f"{scenario}: ServiceMonitor invalid: {p.stdout}{p.stderr}")
 

@@ -38,3 +38,6 @@ printf 'apiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: x}\
 
 # The Helm chart (lint, scenarios, schema, bad values) and the kustomize install.
 "$py" tests/k8s/chart_test.py
+
+# Argo CD: the AuthPolicy health check against its health_test.yaml, and the manifests.
+"$py" tests/k8s/argocd_health_test.py
