@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate clean
+.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
 demo:
@@ -17,6 +17,8 @@ test: setup fmt-check lint
 	scripts/demo.sh --smoke
 	$(CARGO) test --workspace --all-targets
 	tests/k8s/validate.sh
+	scripts/dist.sh
+	tests/dist_test.sh
 
 setup:
 	@tests/setup.sh
@@ -53,5 +55,22 @@ manifests: setup
 validate: setup
 	tests/k8s/validate.sh
 
+## dist: static release binaries in dist/linux-<arch>/ (what the images copy)
+dist:
+	scripts/dist.sh
+
+VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+REGISTRY ?= ghcr.io/sidekey-dev
+
+## images: the two container images from dist/ (needs a running Docker or Podman engine)
+images: dist
+	@docker info >/dev/null 2>&1 || { echo "images: no container engine answers 'docker info'; dist/ holds the binaries the Dockerfile copies" >&2; exit 1; }
+	for image in sidekey-proxy sidekey-controller; do \
+	  docker build --target $$image --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
+	    -t $(REGISTRY)/$$image:v$(VERSION) . || exit 1; \
+	done
+	docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '$(REGISTRY)/sidekey-'
+
 clean:
 	$(CARGO) clean
+	rm -rf dist
