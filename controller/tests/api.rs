@@ -228,3 +228,35 @@ fn rendered_oidc_config_is_a_complete_valid_proxy_config() {
         }
     }
 }
+
+/// docs/authpolicy.md is the field reference: every field of the schema has a row.
+#[test]
+fn every_spec_field_is_documented() {
+    use kube::CustomResourceExt;
+    fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
+        if node["type"] == "array" {
+            return walk(&node["items"], &format!("{path}[]"), out);
+        }
+        if let Some(props) = node["properties"].as_object() {
+            for (k, v) in props {
+                let p = format!("{path}.{k}");
+                // Plain groupings (`spec.session`) are the page's sections, not rows.
+                if v.get("properties").is_none() {
+                    out.push(p.clone());
+                }
+                // ResourceRequirements is Kubernetes' own type.
+                if k != "resources" {
+                    walk(v, &p, out);
+                }
+            }
+        }
+    }
+    let crd = serde_json::to_value(AuthPolicy::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut fields = Vec::new();
+    walk(spec, "spec", &mut fields);
+    assert!(fields.len() >= 45, "{fields:?}");
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/authpolicy.md")).unwrap();
+    let missing: Vec<&String> = fields.iter().filter(|f| !doc.contains(&format!("| `{f}` |"))).collect();
+    assert!(missing.is_empty(), "fields without a row in docs/authpolicy.md: {missing:?}");
+}
