@@ -265,6 +265,34 @@ def check_install(objs, update):
     print(f"ok: manifests/install builds with kustomize to the chart's {len(built) - 1} objects plus the Namespace")
 
 
+def check_notes():
+    """NOTES.txt renders, and the AuthPolicy it tells the user to apply is valid."""
+    p = run([HELM, "install", "sidekey", CHART, "--namespace", NAMESPACE, "--dry-run=client"])
+    if not check(p.returncode == 0, f"helm install --dry-run=client failed: {p.stderr}"):
+        return
+    notes = p.stdout.split("NOTES:\n", 1)[-1]
+    lines = notes.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.startswith("apiVersion: sidekey.dev/")), None)
+    if not check(start is not None, "NOTES.txt shows no AuthPolicy"):
+        return
+    block = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        block.append(line)
+    policy = yaml.safe_load("\n".join(block))
+    sys.path.insert(0, os.path.dirname(__file__))
+    import validate_crs  # noqa: E402 (sibling script)
+
+    schemas = validate_crs.load_crds([os.path.join(ROOT, "crds", "sidekey.dev_authpolicies.yaml")])
+    import jsonschema
+
+    errors = list(jsonschema.Draft7Validator(schemas[("sidekey.dev/v1alpha1", "AuthPolicy")]).iter_errors(policy))
+    check(not errors, f"NOTES.txt's AuthPolicy is invalid: {[e.message for e in errors]}")
+    check(len(block) <= 8, f"NOTES.txt's AuthPolicy should stay short ({len(block)} lines)")
+    print(f"ok: NOTES.txt renders a valid {len(block)}-line AuthPolicy")
+
+
 def main(argv):
     update = "--update" in argv
     with open(os.path.join(CHART, "Chart.yaml")) as f:
@@ -298,6 +326,7 @@ def main(argv):
 
     if defaults:
         check_install(defaults, update)
+    check_notes()
 
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
