@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images clean
+.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images bench clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
 demo:
@@ -54,6 +54,10 @@ manifests: setup
 ## validate: rendered objects, the chart and the install against the official schemas
 validate: setup
 	tests/k8s/validate.sh
+
+## bench: sidekey-proxy vs nginx and the direct path with wrk, written to BENCHMARKS.md
+bench:
+	bench/run.sh
 
 ## dist: static release binaries in dist/linux-<arch>/ (what the images copy)
 dist:

@@ -14,6 +14,8 @@ if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then pac
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 # Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
 [ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
+# Load generator for `make bench` only.
+if [ "${SIDEKEY_NEEDS_WRK:-0}" = 1 ] && [ ! -x /usr/bin/wrk ]; then packages+=(wrk); fi
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

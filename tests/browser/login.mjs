@@ -1,6 +1,8 @@
 // Signs in through sidekey-proxy's sign-in page in Debian's headless chromium.
 // Usage: node tests/browser/login.mjs <protected-url> <user> <password> <expected-text>
-// Prints a JSON result; exits non-zero on failure.
+// Prints a JSON result; exits non-zero on failure. With SIDEKEY_COOKIE_OUT=<file>, also
+// writes the proxy's session cookies (named SIDEKEY_COOKIE_NAME, default _oauth2_proxy, and
+// its chunks) as one Cookie header value, for load generators.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -35,7 +37,13 @@ try {
   const text = await page.textContent('body');
   if (!text.includes(expected)) throw new Error(`upstream page lacks ${expected}: ${text.slice(0, 500)}`);
   steps.push('upstream page shows the identity');
-  const cookies = (await context.cookies()).map((c) => c.name);
+  const jar = await context.cookies();
+  const cookies = jar.map((c) => c.name);
+  if (process.env.SIDEKEY_COOKIE_OUT) {
+    const name = process.env.SIDEKEY_COOKIE_NAME || '_oauth2_proxy';
+    const mine = jar.filter((c) => c.name === name || c.name.startsWith(`${name}_`));
+    fs.writeFileSync(process.env.SIDEKEY_COOKIE_OUT, mine.map((c) => `${c.name}=${c.value}`).join('; '));
+  }
   console.log(JSON.stringify({ ok: true, finalUrl: page.url(), steps, cookies }));
 } catch (err) {
   console.log(JSON.stringify({ ok: false, error: String(err), steps }));

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# `make bench`: sidekey-proxy against nginx and the direct path, side by side in one run,
+# every server on 127.0.0.1, load from wrk. Writes bench/results.json; bench/report.py
+# turns it into BENCHMARKS.md. BENCH_DURATION (seconds per run, default 10) bounds it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${BENCH_DURATION:-10}"
+SIDEKEY_NEEDS_WRK=1 tests/setup.sh
+scripts/dist.sh >/dev/null
+case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+proxy="$PWD/dist/linux-$arch/sidekey-proxy"
+
+work=$(mktemp -d)
+chmod 0755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url: until it answers at all
+  for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "bench: $1 never answered" >&2; exit 1
+}
+first_line() {
+  for _ in $(seq 1 300); do [ -s "$1" ] && { head -n1 "$1"; return; }; sleep 0.1; done
+  echo "bench: $1 stayed empty" >&2; exit 1
+}
+
+up=$(free_port) ngx=$(free_port) r202=$(free_port) areq=$(free_port)
+p_cookie=$(free_port) p_redis=$(free_port) p_unauth=$(free_port) p_foot=$(free_port) redis_port=$(free_port)
+
+# The upstream for every scenario: nginx answering from memory, plus a 64 KiB body.
+mkdir -p "$work/www" "$work/tmp"
+head -c 65536 /dev/urandom | base64 -w0 | head -c 65536 >"$work/www/64k"
+cat >"$work/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp;
+  uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;
+  keepalive_requests 10000000;
+  open_file_cache max=16;
+  upstream app { server 127.0.0.1:$up; keepalive 512; }
+  upstream sidekey { server 127.0.0.1:$p_cookie; keepalive 512; }
+  # 1. the upstream itself
+  server {
+    listen 127.0.0.1:$up;
+    location = /64k { root $work/www; }
+    location / { default_type text/plain; return 200 "hello from the upstream\n"; }
+  }
+  # 2. nginx proxy_pass in front of it
+  server {
+    listen 127.0.0.1:$ngx;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  # 5. the floor for a forward-auth answer
+  server { listen 127.0.0.1:$r202; location / { return 202; } }
+  # 6. nginx auth_request -> sidekey /oauth2/auth -> upstream (docs/examples/nginx-auth-request.conf, trimmed)
+  server {
+    listen 127.0.0.1:$areq;
+    location = /oauth2/auth {
+      internal;
+      proxy_pass http://sidekey;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+    }
+    location / {
+      auth_request /oauth2/auth;
+      auth_request_set \$user \$upstream_http_x_auth_request_user;
+      auth_request_set \$email \$upstream_http_x_auth_request_email;
+      proxy_set_header X-User \$user;
+      proxy_set_header X-Email \$email;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+/usr/sbin/nginx -c "$work/nginx.conf" -p "$work"
+wait_http "http://127.0.0.1:$up/"
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
+pids+=($!)
+
+# The identity provider, with a user whose 120 group ids make an Entra-sized session that
+# splits over two cookies.
+groups=$(python3 -c 'import json,uuid; print(json.dumps([str(uuid.UUID(int=i*7919+1)) for i in range(120)]))')
+callbacks=$(printf '"http://127.0.0.1:%s/oauth2/callback",' "$p_cookie" "$p_redis" "$p_unauth" "$p_foot")
+node tests/idp/server.mjs "{
+  \"clients\": [{\"client_id\": \"bench\", \"client_secret\": \"bench-secret\", \"redirect_uris\": [${callbacks%,}]}],
+  \"users\": {
+    \"alice\": {\"password\": \"alice-password\", \"email\": \"alice@example.com\", \"email_verified\": true, \"groups\": [\"admins\", \"devs\"], \"preferred_username\": \"alice\", \"name\": \"Alice\"},
+    \"erin\": {\"password\": \"erin-password\", \"email\": \"erin@example.com\", \"email_verified\": true, \"groups\": $groups, \"preferred_username\": \"erin\", \"name\": \"Erin Entra\"}
+  }}" >"$work/idp.out" 2>"$work/idp.err" &
+pids+=($!)
+issuer=$(first_line "$work/idp.out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["issuer"])')
+
+secret=$(head -c 32 /dev/urandom | base64 | tr -- '+/' '-_')
+# Request logging off on both sides (nginx: access_log off), so the comparison is of the
+# proxying itself.
+start_proxy() { # port, extra flags...
+  local port=$1; shift
+  "$proxy" --provider=oidc --oidc-issuer-url="$issuer" --client-id=bench --client-secret=bench-secret \
+    --cookie-secret="$secret" --cookie-secure=false --email-domain='*' \
+    --upstream="http://127.0.0.1:$up/" --http-address="127.0.0.1:$port" \
+    --request-logging=false "$@" >"$work/proxy-$port.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/proxy-$port.pid"
+  for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready")" = 200 ] && return; sleep 0.05; done
+  echo "bench: proxy on $port never became ready" >&2; cat "$work/proxy-$port.log" >&2; exit 1
+}
+start_proxy "$p_cookie"
+start_proxy "$p_redis" --session-store-type=redis --redis-connection-url="redis://127.0.0.1:$redis_port"
+start_proxy "$p_unauth" --skip-provider-button
+
+login() { # port user password out
+  SIDEKEY_COOKIE_OUT="$4" node tests/browser/login.mjs "http://127.0.0.1:$1/" "$2" "$3" "hello from the upstream" >"$work/login.json" \
+    || { cat "$work/login.json" >&2; exit 1; }
+}
+login "$p_cookie" alice alice-password "$work/cookie-small"
+login "$p_cookie" erin erin-password "$work/cookie-big"
+login "$p_redis" alice alice-password "$work/cookie-redis"
+grep -q '_oauth2_proxy_1=' "$work/cookie-big" || { echo "bench: the large session did not split into two cookies" >&2; exit 1; }
+grep -q '_oauth2_proxy_1=' "$work/cookie-small" && { echo "bench: the small session split" >&2; exit 1; }
+
+results="$work/results.jsonl"
+# run <scenario id> <label> <url> [cookie file]: saturation, then a paced moderate rate.
+run() {
+  local id=$1 label=$2 url=$3 cookie=""
+  [ -n "${4:-}" ] && cookie=$(cat "$4")
+  # Warm up (connection pools, caches), then measure.
+  BENCH_COOKIE="$cookie" wrk -t1 -c64 -d2s -s bench/wrk.lua "$url" >/dev/null 2>&1
+  for mode in saturation moderate; do
+    local conns=64 delay=0
+    [ $mode = moderate ] && conns=20 delay=10
+    local out
+    out=$(BENCH_COOKIE="$cookie" BENCH_DELAY_MS=$delay wrk -t1 -c$conns -d"${duration}s" --timeout 5s -s bench/wrk.lua "$url" 2>&1 >/dev/null | tail -n1)
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(id=sys.argv[2], label=sys.argv[3], mode=sys.argv[4], connections=int(sys.argv[5]), delay_ms=int(sys.argv[6])); print(json.dumps(d))' \
+      "$out" "$id" "$label" "$mode" "$conns" "$delay" >>"$results"
+    echo "bench: $id $mode $(tail -n1 "$results")" >&2
+  done
+}
+run 1 "direct to the upstream" "http://127.0.0.1:$up/"
+run 1k "direct, 64 KiB body" "http://127.0.0.1:$up/64k"
+run 2 "nginx proxy_pass" "http://127.0.0.1:$ngx/"
+run 2k "nginx proxy_pass, 64 KiB body" "http://127.0.0.1:$ngx/64k"
+run 3 "sidekey-proxy, cookie session" "http://127.0.0.1:$p_cookie/" "$work/cookie-small"
+run 3k "sidekey-proxy, cookie session, 64 KiB body" "http://127.0.0.1:$p_cookie/64k" "$work/cookie-small"
+run 4 "sidekey-proxy, session split over two cookies" "http://127.0.0.1:$p_cookie/" "$work/cookie-big"
+run 5 "sidekey /oauth2/auth answering 202" "http://127.0.0.1:$p_cookie/oauth2/auth" "$work/cookie-small"
+run 5n "nginx return 202" "http://127.0.0.1:$r202/"
+run 6 "nginx auth_request -> sidekey -> upstream" "http://127.0.0.1:$areq/" "$work/cookie-small"
+run 7 "sidekey-proxy, Redis session store" "http://127.0.0.1:$p_redis/" "$work/cookie-redis"
+run 8 "unauthenticated (redirect to sign-in)" "http://127.0.0.1:$p_unauth/"
+
+# Footprint, on a fresh process: idle, after 100,000+ requests over 256 connections, idle again.
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+start_proxy "$p_foot"
+foot_pid=$(cat "$work/proxy-$p_foot.pid")
+sleep 1
+idle_kib=$(rss "$foot_pid")
+out=$(BENCH_COOKIE="$(cat "$work/cookie-small")" wrk -t1 -c256 -d"${duration}s" --timeout 5s -s bench/wrk.lua "http://127.0.0.1:$p_foot/" 2>&1 >/dev/null | tail -n1)
+loaded_kib=$(hwm "$foot_pid")
+sleep 5
+after_kib=$(rss "$foot_pid")
+start_ms=$(python3 bench/start_time.py "$proxy" "$issuer")
+python3 -c 'import json,sys; print(json.dumps({"id": "footprint", "idle_kib": int(sys.argv[1]), "peak_kib": int(sys.argv[2]), "after_kib": int(sys.argv[3]), "load": json.loads(sys.argv[4]), "binary_bytes": int(sys.argv[5]), "start_to_ping_ms": json.loads(sys.argv[6])}))' \
+  "$idle_kib" "$loaded_kib" "$after_kib" "$out" "$(stat -c %s "$proxy")" "$start_ms" >>"$results"
+
+versions=$(python3 - "$proxy" <<'EOF'
+import json, subprocess, sys
+def first(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return (p.stdout + p.stderr).strip().splitlines()[0]
+print(json.dumps({
+    "sidekey-proxy": first([sys.argv[1], "--version"]),
+    "nginx": first(["/usr/sbin/nginx", "-v"]),
+    "wrk": first(["wrk", "-v"]),
+    "redis": first(["redis-server", "--version"]),
+    "node": first(["node", "--version"]),
+    "rustc": first(["rustc", "--version"]),
+}))
+EOF
+)
+python3 bench/report.py "$results" "$versions" "$duration" >BENCHMARKS.md
+cp "$results" bench/results.jsonl
+echo "bench: wrote BENCHMARKS.md and bench/results.jsonl"

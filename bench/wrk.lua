@@ -1,0 +1,22 @@
+-- wrk script for `make bench`: optional cookie and per-connection pacing from the
+-- environment, and one JSON line of results (wrk's own HdrHistogram percentiles).
+local cookie = os.getenv("BENCH_COOKIE")
+if cookie and cookie ~= "" then wrk.headers["Cookie"] = cookie end
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\n]+") do
+  local k, v = line:match("^([^:]+):%s*(.*)$")
+  if k then wrk.headers[k] = v end
+end
+-- Pacing: each connection waits this long between requests, which fixes the offered rate
+-- at about connections * 1000 / delay per second (wrk has no rate flag; wrk2 is not packaged).
+local pace = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pace > 0 then
+  function delay() return pace end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"socket_errors":%d,"bad_status":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
