@@ -9,36 +9,30 @@
 # user (65532) only. Pin it by digest in release builds (BASE=...@sha256:...).
 ARG BASE=gcr.io/distroless/static-debian12:nonroot
 
-FROM ${BASE} AS sidekey-proxy
-ARG TARGETARCH=amd64
+# What both images share; labels set here are inherited.
+FROM ${BASE} AS common
 ARG VERSION=dev
 ARG REVISION=unknown
-LABEL org.opencontainers.image.title="sidekey-proxy" \
-      org.opencontainers.image.description="OIDC / Entra ID authenticating reverse proxy and forward-auth endpoint, oauth2-proxy compatible" \
-      org.opencontainers.image.source="https://github.com/sidekey-dev/sidekey" \
+LABEL org.opencontainers.image.source="https://github.com/sidekey-dev/sidekey" \
       org.opencontainers.image.url="https://github.com/sidekey-dev/sidekey" \
       org.opencontainers.image.documentation="https://github.com/sidekey-dev/sidekey/tree/main/docs" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-COPY --chmod=0555 dist/linux-${TARGETARCH}/sidekey-proxy /usr/local/bin/sidekey-proxy
 USER 65532:65532
+
+FROM common AS sidekey-proxy
+ARG TARGETARCH=amd64
+LABEL org.opencontainers.image.title="sidekey-proxy" \
+      org.opencontainers.image.description="OIDC / Entra ID authenticating reverse proxy and forward-auth endpoint, oauth2-proxy compatible"
+COPY --chmod=0555 dist/linux-${TARGETARCH}/sidekey-proxy /usr/local/bin/sidekey-proxy
 EXPOSE 4180
 ENTRYPOINT ["/usr/local/bin/sidekey-proxy"]
 
-FROM ${BASE} AS sidekey-controller
+FROM common AS sidekey-controller
 ARG TARGETARCH=amd64
-ARG VERSION=dev
-ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sidekey-controller" \
-      org.opencontainers.image.description="Kubernetes controller that injects sidekey-proxy for AuthPolicy resources" \
-      org.opencontainers.image.source="https://github.com/sidekey-dev/sidekey" \
-      org.opencontainers.image.url="https://github.com/sidekey-dev/sidekey" \
-      org.opencontainers.image.documentation="https://github.com/sidekey-dev/sidekey/tree/main/docs" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}"
+      org.opencontainers.image.description="Kubernetes controller that injects sidekey-proxy for AuthPolicy resources"
 COPY --chmod=0555 dist/linux-${TARGETARCH}/sidekey-controller /usr/local/bin/sidekey-controller
-USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sidekey-controller"]

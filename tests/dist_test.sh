@@ -21,7 +21,8 @@ done
 for src in $(sed -n 's/^COPY .* \(dist\/[^ ]*\) .*/\1/p' Dockerfile); do
   [ -f "${src//\$\{TARGETARCH\}/$arch}" ] || fail "the Dockerfile copies $src, which make dist did not build"
 done
-[ "$(grep -c '^USER 65532:65532$' Dockerfile)" = 2 ] || fail "both images must run as 65532"
+[ "$(grep -c '^USER ' Dockerfile)" = 1 ] && grep -q '^USER 65532:65532$' Dockerfile || fail "the images must run as 65532"
+[ "$(grep -c '^FROM common AS ' Dockerfile)" = 2 ] || fail "both images must build on the common stage (its USER and labels)"
 # The proxy image (distroless/static, about 2 MiB) must stay under 20 MB.
 proxy_bytes=$(stat -c %s "$dist/sidekey-proxy")
 [ "$proxy_bytes" -le $((17 * 1024 * 1024)) ] || fail "sidekey-proxy is $proxy_bytes bytes; the image budget leaves 17 MiB for it"
