@@ -35,7 +35,7 @@ p_cookie=$(free_port) p_redis=$(free_port) p_unauth=$(free_port) p_foot=$(free_p
 
 # The upstream for every scenario: nginx answering from memory, plus a 64 KiB body.
 mkdir -p "$work/www" "$work/tmp"
-head -c 65536 /dev/urandom | base64 -w0 | head -c 65536 >"$work/www/64k"
+python3 -c 'import base64,os,sys; sys.stdout.write(base64.b64encode(os.urandom(49152)).decode())' >"$work/www/64k"
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
 pid $work/nginx.pid;
