@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # `make bench`: sidekey-proxy against nginx and the direct path, side by side in one run,
 # every server on 127.0.0.1, load from wrk. Writes bench/results.json; bench/report.py
-# turns it into BENCHMARKS.md. BENCH_DURATION (seconds per run, default 10) bounds it.
+# turns it into BENCHMARKS.md. BENCH_DURATION (seconds per run, default 5) and BENCH_ROUNDS
+# (default 3) bound it.
+#
+# For profiling: BENCH_ONLY="3 5" runs just those scenarios (and skips the footprint and
+# the report); BENCH_PROXY=target/profiling/sidekey-proxy uses another build (see the
+# `profiling` profile in Cargo.toml); BENCH_PERF=1 records `perf` for each sidekey run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration="${BENCH_DURATION:-10}"
+duration="${BENCH_DURATION:-5}"
 SIDEKEY_NEEDS_WRK=1 tests/setup.sh
-scripts/dist.sh >/dev/null
-case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
-proxy="$PWD/dist/linux-$arch/sidekey-proxy"
+only="${BENCH_ONLY:-}"
+if [ -n "${BENCH_PROXY:-}" ]; then
+  proxy=$(realpath "$BENCH_PROXY")
+else
+  scripts/dist.sh >/dev/null
+  case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+  proxy="$PWD/dist/linux-$arch/sidekey-proxy"
+fi
 
 work=$(mktemp -d)
 chmod 0755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for n in app front; do
+    [ -f "$work/nginx-$n.pid" ] && kill "$(cat "$work/nginx-$n.pid")" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -33,13 +45,18 @@ first_line() {
 up=$(free_port) ngx=$(free_port) r202=$(free_port) areq=$(free_port)
 p_cookie=$(free_port) p_redis=$(free_port) p_unauth=$(free_port) p_foot=$(free_port) redis_port=$(free_port)
 
-# The upstream for every scenario: nginx answering from memory, plus a 64 KiB body.
+# Two nginx instances, each with its own worker processes, as a user would deploy them:
+# "app" is the upstream for every scenario (a body from memory, plus a 64 KiB file);
+# "front" holds the front ends (proxy_pass, return 202, auth_request). With the proxy_pass
+# server in the upstream's own workers, nginx would serve both hops in one process without
+# a context switch, which no separate proxy in front of an app (nginx or sidekey) gets.
 mkdir -p "$work/www" "$work/tmp"
 python3 -c 'import base64,os,sys; sys.stdout.write(base64.b64encode(os.urandom(49152)).decode())' >"$work/www/64k"
-cat >"$work/nginx.conf" <<EOF
+start_nginx() { # name, http-block contents
+  cat >"$work/nginx-$1.conf" <<EOF
 worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
+pid $work/nginx-$1.pid;
+error_log $work/nginx-$1-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -47,18 +64,25 @@ http {
   uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;
   keepalive_requests 10000000;
   open_file_cache max=16;
-  upstream app { server 127.0.0.1:$up; keepalive 512; }
-  upstream sidekey { server 127.0.0.1:$p_cookie; keepalive 512; }
+$2
+}
+EOF
+  /usr/sbin/nginx -c "$work/nginx-$1.conf" -p "$work"
+}
+start_nginx app "
   # 1. the upstream itself
   server {
     listen 127.0.0.1:$up;
     location = /64k { root $work/www; }
-    location / { default_type text/plain; return 200 "hello from the upstream\n"; }
-  }
+    location / { default_type text/plain; return 200 'hello from the upstream\n'; }
+  }"
+start_nginx front "
+  upstream app { server 127.0.0.1:$up; keepalive 512; }
+  upstream sidekey { server 127.0.0.1:$p_cookie; keepalive 512; }
   # 2. nginx proxy_pass in front of it
   server {
     listen 127.0.0.1:$ngx;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ''; }
   }
   # 5. the floor for a forward-auth answer
   server { listen 127.0.0.1:$r202; location / { return 202; } }
@@ -69,11 +93,11 @@ http {
       internal;
       proxy_pass http://sidekey;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection '';
       proxy_set_header Host \$host;
       proxy_set_header X-Original-URI \$request_uri;
       proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
+      proxy_set_header Content-Length '';
     }
     location / {
       auth_request /oauth2/auth;
@@ -83,12 +107,9 @@ http {
       proxy_set_header X-Email \$email;
       proxy_pass http://app;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection '';
     }
-  }
-}
-EOF
-/usr/sbin/nginx -c "$work/nginx.conf" -p "$work"
+  }"
 wait_http "http://127.0.0.1:$up/"
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
@@ -136,34 +157,66 @@ grep -q '_oauth2_proxy_1=' "$work/cookie-big" || { echo "bench: the large sessio
 grep -q '_oauth2_proxy_1=' "$work/cookie-small" && { echo "bench: the small session split" >&2; exit 1; }
 
 results="$work/results.jsonl"
-# run <scenario id> <label> <url> [cookie file]: saturation, then a paced moderate rate.
-run() {
-  local id=$1 label=$2 url=$3 cookie=""
-  [ -n "${4:-}" ] && cookie=$(cat "$4")
-  # Warm up (connection pools, caches), then measure.
-  BENCH_COOKIE="$cookie" wrk -t1 -c64 -d2s -s bench/wrk.lua "$url" >/dev/null 2>&1
-  for mode in saturation moderate; do
-    local conns=64 delay=0
-    [ $mode = moderate ] && conns=20 delay=10
-    local out
-    out=$(BENCH_COOKIE="$cookie" BENCH_DELAY_MS=$delay wrk -t1 -c$conns -d"${duration}s" --timeout 5s -s bench/wrk.lua "$url" 2>&1 >/dev/null | tail -n1)
-    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(id=sys.argv[2], label=sys.argv[3], mode=sys.argv[4], connections=int(sys.argv[5]), delay_ms=int(sys.argv[6])); print(json.dumps(d))' \
-      "$out" "$id" "$label" "$mode" "$conns" "$delay" >>"$results"
-    echo "bench: $id $mode $(tail -n1 "$results")" >&2
-  done
+# Scenarios: id, label, url, cookie file. Every one is measured in each of BENCH_ROUNDS
+# rounds (default 3), a round visiting them all in turn, so that a burst of noise from
+# other tenants of the machine hits one run of each and not all runs of one; the report
+# takes the median round.
+rounds="${BENCH_ROUNDS:-3}"
+scenarios=()
+scenario() { # id label url [cookie file]
+  if [ -n "$only" ] && ! [[ " $only " == *" $1 "* ]]; then return; fi
+  scenarios+=("$1|$2|$3|${4:-}")
 }
-run 1 "direct to the upstream" "http://127.0.0.1:$up/"
-run 1k "direct, 64 KiB body" "http://127.0.0.1:$up/64k"
-run 2 "nginx proxy_pass" "http://127.0.0.1:$ngx/"
-run 2k "nginx proxy_pass, 64 KiB body" "http://127.0.0.1:$ngx/64k"
-run 3 "sidekey-proxy, cookie session" "http://127.0.0.1:$p_cookie/" "$work/cookie-small"
-run 3k "sidekey-proxy, cookie session, 64 KiB body" "http://127.0.0.1:$p_cookie/64k" "$work/cookie-small"
-run 4 "sidekey-proxy, session split over two cookies" "http://127.0.0.1:$p_cookie/" "$work/cookie-big"
-run 5 "sidekey /oauth2/auth answering 202" "http://127.0.0.1:$p_cookie/oauth2/auth" "$work/cookie-small"
-run 5n "nginx return 202" "http://127.0.0.1:$r202/"
-run 6 "nginx auth_request -> sidekey -> upstream" "http://127.0.0.1:$areq/" "$work/cookie-small"
-run 7 "sidekey-proxy, Redis session store" "http://127.0.0.1:$p_redis/" "$work/cookie-redis"
-run 8 "unauthenticated (redirect to sign-in)" "http://127.0.0.1:$p_unauth/"
+scenario 1 "direct to the upstream" "http://127.0.0.1:$up/"
+scenario 1k "direct, 64 KiB body" "http://127.0.0.1:$up/64k"
+scenario 2 "nginx proxy_pass" "http://127.0.0.1:$ngx/"
+scenario 2k "nginx proxy_pass, 64 KiB body" "http://127.0.0.1:$ngx/64k"
+scenario 3 "sidekey-proxy, cookie session" "http://127.0.0.1:$p_cookie/" "$work/cookie-small"
+scenario 3k "sidekey-proxy, cookie session, 64 KiB body" "http://127.0.0.1:$p_cookie/64k" "$work/cookie-small"
+scenario 4 "sidekey-proxy, session split over two cookies" "http://127.0.0.1:$p_cookie/" "$work/cookie-big"
+scenario 5 "sidekey /oauth2/auth answering 202" "http://127.0.0.1:$p_cookie/oauth2/auth" "$work/cookie-small"
+scenario 5n "nginx return 202" "http://127.0.0.1:$r202/"
+scenario 5p "sidekey /ping (the HTTP server alone, for reference)" "http://127.0.0.1:$p_cookie/ping"
+scenario 6 "nginx auth_request -> sidekey -> upstream" "http://127.0.0.1:$areq/" "$work/cookie-small"
+scenario 7 "sidekey-proxy, Redis session store" "http://127.0.0.1:$p_redis/" "$work/cookie-redis"
+scenario 8 "unauthenticated (redirect to sign-in)" "http://127.0.0.1:$p_unauth/"
+
+# measure <round> <mode> <id|label|url|cookie file>
+measure() {
+  local round=$1 mode=$2 id label url cookie_file cookie="" conns=64 delay=0 perf_pid="" out
+  IFS='|' read -r id label url cookie_file <<<"$3"
+  [ -n "$cookie_file" ] && cookie=$(cat "$cookie_file")
+  [ "$mode" = moderate ] && conns=20 delay=10
+  if [ -n "${BENCH_PERF:-}" ] && [ "$mode" = saturation ] && [ "$round" = 1 ]; then
+    local port=${url#http://127.0.0.1:}; port=${port%%/*}
+    if [ -f "$work/proxy-$port.pid" ]; then
+      perf record -F 2000 -o "bench/perf-$id.data" -p "$(cat "$work/proxy-$port.pid")" -- sleep "$duration" 2>/dev/null &
+      perf_pid=$!
+    fi
+  fi
+  out=$(BENCH_COOKIE="$cookie" BENCH_DELAY_MS=$delay wrk -t1 -c$conns -d"${duration}s" --timeout 5s -s bench/wrk.lua "$url" 2>&1 >/dev/null | tail -n1)
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(id=sys.argv[2], label=sys.argv[3], mode=sys.argv[4], round=int(sys.argv[5]), connections=int(sys.argv[6]), delay_ms=int(sys.argv[7])); print(json.dumps(d))' \
+    "$out" "$id" "$label" "$mode" "$round" "$conns" "$delay" >>"$results"
+  echo "bench: round $round $id $mode $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("{:,.0f} req/s, p99 {:.2f} ms".format(d["requests"] / d["duration_us"] * 1e6, d["p99_us"] / 1000))' "$(tail -n1 "$results")")" >&2
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
+}
+# Warm up every path once (connection pools, caches), then the rounds.
+for s in "${scenarios[@]}"; do
+  IFS='|' read -r _ _ url cookie_file <<<"$s"
+  BENCH_COOKIE="$([ -n "$cookie_file" ] && cat "$cookie_file")" wrk -t1 -c64 -d2s -s bench/wrk.lua "$url" >/dev/null 2>&1
+done
+for round in $(seq 1 "$rounds"); do
+  for s in "${scenarios[@]}"; do
+    measure "$round" saturation "$s"
+    measure "$round" moderate "$s"
+  done
+done
+
+if [ -n "$only" ]; then
+  echo "bench: BENCH_ONLY set: no footprint and no report; results in $results:" >&2
+  cat "$results"
+  exit 0
+fi
 
 # Footprint, on a fresh process: idle, after 100,000+ requests over 256 connections, idle again.
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -172,7 +225,8 @@ start_proxy "$p_foot"
 foot_pid=$(cat "$work/proxy-$p_foot.pid")
 sleep 1
 idle_kib=$(rss "$foot_pid")
-out=$(BENCH_COOKIE="$(cat "$work/cookie-small")" wrk -t1 -c256 -d"${duration}s" --timeout 5s -s bench/wrk.lua "http://127.0.0.1:$p_foot/" 2>&1 >/dev/null | tail -n1)
+# At least 10 s, so that the 100,000 requests are reached on a slow machine too.
+out=$(BENCH_COOKIE="$(cat "$work/cookie-small")" wrk -t1 -c256 -d"$((duration > 10 ? duration : 10))s" --timeout 5s -s bench/wrk.lua "http://127.0.0.1:$p_foot/" 2>&1 >/dev/null | tail -n1)
 loaded_kib=$(hwm "$foot_pid")
 sleep 5
 after_kib=$(rss "$foot_pid")
