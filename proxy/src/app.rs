@@ -119,7 +119,7 @@ pub struct App {
 
 /// The request's session after any refresh, and the cookies that refresh (or its failure) sets.
 struct Lookup {
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     set_cookies: Vec<HeaderValue>,
 }
 
@@ -147,7 +147,9 @@ struct Ctx {
 }
 
 impl App {
-    pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock) -> Result<Self, String> {
+    /// `workers`: how many server workers will call [`App::handle`] (one upstream connection
+    /// pool each).
+    pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock, workers: usize) -> Result<Self, String> {
         let mut emails: HashSet<String> = match &cfg.authz.emails_file {
             Some(path) => Authorizer::read_emails_file(path).map_err(|e| format!("authenticated_emails_file {}: {e}", path.display()))?,
             None => HashSet::new(),
@@ -172,7 +174,7 @@ impl App {
                 cfg.redis.as_ref().map(RedisStore::new).transpose()?,
             ),
             csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
-            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout)?,
+            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers)?,
             oidc,
             clock,
             paths,
@@ -335,7 +337,7 @@ impl App {
             return self.forward_unauthenticated(req, cx).await;
         }
         match self.bearer_session(cx).await {
-            Some(Ok(session)) => return self.forward(req, cx, session).await,
+            Some(Ok(session)) => return self.forward(req, cx, &session).await,
             Some(Err(resp)) => return (resp, None),
             None => {}
         }
@@ -353,7 +355,7 @@ impl App {
             lookup.add_cookies(&mut resp);
             return (resp, None);
         };
-        let (mut resp, user) = self.forward(req, cx, session).await;
+        let (mut resp, user) = self.forward(req, cx, &session).await;
         lookup.add_cookies(&mut resp);
         (resp, user)
     }
@@ -415,22 +417,22 @@ impl App {
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: Session) -> (Response<Body>, Option<String>) {
+    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: &Session) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             metrics::decision("denied");
             self.auth_event("denied", &session.email, &denial.to_string());
-            return (self.fail(Failure::Denied(denial), &cx.request_id), Some(session.email));
+            return (self.fail(Failure::Denied(denial), &cx.request_id), Some(session.email.clone()));
         }
         metrics::decision("allowed");
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
             return (
                 self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id),
-                Some(session.email),
+                Some(session.email.clone()),
             );
         };
         let h = req.headers_mut();
         strip_own_cookies(h, &self.cfg.cookie.name);
-        headers::set_upstream_headers(h, &self.cfg.headers, &session);
+        headers::set_upstream_headers(h, &self.cfg.headers, session);
         let user = Some(session.email.clone());
         match self
             .upstreams
@@ -438,7 +440,7 @@ impl App {
             .await
         {
             Ok(mut resp) => {
-                headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &session);
+                headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, session);
                 (resp, user)
             }
             Err(e) => {
@@ -728,7 +730,7 @@ impl App {
         let constraints = Constraints::from_query(req.uri().query());
         let mut lookup = match self.bearer_session(cx).await {
             Some(Ok(session)) => Lookup {
-                session: Some(session),
+                session: Some(Arc::new(session)),
                 set_cookies: vec![],
             },
             Some(Err(resp)) => return (resp, None),
@@ -747,12 +749,12 @@ impl App {
                     metrics::decision("allowed");
                     let mut resp = text(self.cfg.auth_success_status, "");
                     headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, &s);
-                    (resp, Some(s.email))
+                    (resp, Some(s.email.clone()))
                 }
                 Err(denial) => {
                     metrics::decision("denied");
                     self.auth_event("denied", &s.email, &denial.to_string());
-                    (text(StatusCode::FORBIDDEN, "Forbidden"), Some(s.email))
+                    (text(StatusCode::FORBIDDEN, "Forbidden"), Some(s.email.clone()))
                 }
             },
             None => {
@@ -806,7 +808,7 @@ impl App {
                     writer.set_session(&cookies, &sealed, fresh.expires_at.saturating_sub(now))
                 };
                 Lookup {
-                    session: Some(fresh.clone()),
+                    session: Some(Arc::new(fresh.clone())),
                     set_cookies,
                 }
             }

@@ -1,9 +1,17 @@
 //! The listeners: HTTP/1.1 and h2c on `http_address`, HTTP/1.1 and h2 (ALPN) over TLS on
 //! `https_address`; upgrades allowed, header read timeout and size limits, and a graceful
 //! shutdown that lets in-flight requests finish within a bound.
+//!
+//! Workers: one single-threaded runtime per CPU the process may use, each accepting on its
+//! own `SO_REUSEPORT` socket, so a connection, its upstream connections and every task
+//! they wake stay on one thread (the nginx model). A work-stealing runtime spent most of
+//! its time waking and switching threads on a proxy's ping-pong traffic (see BENCHMARKS.md).
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +31,56 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request line plus headers; oversize requests get 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The number of workers: `configured`, or with 0 the CPUs this process may use (a cgroup
+/// CPU limit included).
+pub fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// The worker running on this thread (0 on the main thread and anywhere else), so that
+/// per-worker state such as the upstream connection pools stays thread-local.
+pub fn current_worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// Marks this thread as worker `index`.
+pub fn set_current_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// `n` listening sockets on `addr` with `SO_REUSEPORT`, the kernel spreading connections
+/// over them. Port 0 picks one free port for all of them.
+pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // SO_REUSEPORT would let this process share a port with another one of the same user
+    // (a second proxy started by mistake) and split its traffic: a plain bind first fails
+    // with "address in use" instead.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
 
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -96,5 +154,30 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     tracing::info!(scheme, "shutting down: waiting for in-flight requests");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_one_port_and_a_taken_port_is_refused() {
+        let ls = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(ls.len(), 3);
+        let port = ls[0].local_addr().unwrap().port();
+        assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // Another process of the same user could join a SO_REUSEPORT group and take a
+        // share of the connections; a second proxy on the same address must fail instead.
+        let err = bind(ls[0].local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(bind(plain.local_addr().unwrap(), 1).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn zero_workers_means_one_per_cpu() {
+        assert_eq!(worker_count(3), 3);
+        assert_eq!(worker_count(0), std::thread::available_parallelism().unwrap().get());
     }
 }

@@ -29,10 +29,17 @@ pub enum UpstreamError {
 
 pub struct Upstreams {
     routes: Vec<Upstream>,
+    /// One pool per server worker ([`crate::server::current_worker`]): a pooled connection's
+    /// task lives on the worker that opened it, so sharing pools across workers would turn
+    /// every request into cross-thread wake-ups.
+    pools: Vec<Pools>,
+    timeout: Duration,
+}
+
+struct Pools {
     client: Client<HttpsConnector, Incoming>,
     /// HTTP/2 with prior knowledge for `h2c://` upstreams (gRPC without TLS).
     h2c: Client<HttpsConnector, Incoming>,
-    timeout: Duration,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
@@ -47,22 +54,21 @@ const HOP_BY_HOP: &[HeaderName] = &[
 ];
 
 impl Upstreams {
-    pub fn new(routes: Vec<Upstream>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(routes: Vec<Upstream>, timeout: Duration, workers: usize) -> Result<Self, String> {
         let connector = https_connector(tls_config(&[])?, timeout.min(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(true)
-            .build(connector);
-        Ok(Upstreams {
-            routes,
-            client,
-            h2c,
-            timeout,
-        })
+        let pools = (0..workers.max(1))
+            .map(|_| Pools {
+                client: Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector.clone()),
+                h2c: Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .http2_only(true)
+                    .build(connector.clone()),
+            })
+            .collect();
+        Ok(Upstreams { routes, pools, timeout })
     }
 
     /// The upstream with the longest path prefix matching `path` (routes are sorted so).
@@ -155,12 +161,13 @@ impl Upstreams {
             }
         }
         *req.uri_mut() = uri;
+        let pools = &self.pools[crate::server::current_worker() % self.pools.len()];
         let client = if h2c {
             *req.version_mut() = Version::HTTP_2;
-            &self.h2c
+            &pools.h2c
         } else {
             *req.version_mut() = Version::HTTP_11;
-            &self.client
+            &pools.client
         };
 
         let response = tokio::time::timeout(self.timeout, client.request(req))

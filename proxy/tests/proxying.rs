@@ -207,3 +207,48 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The binary's model: one single-threaded runtime per worker on SO_REUSEPORT sockets, each
+/// worker with its own upstream pool. Many connections (spread by the kernel over the
+/// workers) all get through, and a shutdown waits for every worker's in-flight request.
+#[tokio::test]
+async fn every_worker_serves_and_shutdown_waits_for_all_of_them() {
+    let upstream = Upstream::start().await;
+    let listeners = sidekey_proxy::server::bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+    let mut args = Proxy::args(&dead_issuer(), &upstream.url, &[]);
+    args.push("--upstream-timeout=5s".into());
+    let mut proxy = Proxy::start_workers(listeners, &args, &[]).await;
+    let mut gets = Vec::new();
+    for i in 0..48 {
+        // A fresh client each time: a new connection, so the kernel picks a worker for each.
+        let url = format!("{}/n/{i}", proxy.url);
+        gets.push(tokio::spawn(async move {
+            let resp = client().get(url).header("cookie", session_cookie()).send().await.unwrap();
+            (resp.status(), resp.json::<serde_json::Value>().await.unwrap())
+        }));
+    }
+    for (i, g) in gets.into_iter().enumerate() {
+        let (status, body) = g.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["uri"], format!("/n/{i}"));
+        assert_eq!(body["headers"]["x-forwarded-email"][0], "alice@example.com");
+    }
+    assert_eq!(upstream.seen.lock().unwrap().len(), 48);
+
+    // In-flight requests on a worker thread finish before run() returns.
+    let slow: Vec<_> = (0..6).map(|_| tokio::spawn(signed_in_get(format!("{}/slow", proxy.url)))).collect();
+    let seen = upstream.seen.clone();
+    eventually("all six slow requests at the upstream", Duration::from_secs(5), || {
+        let n = seen.lock().unwrap().iter().filter(|u| *u == "/slow").count();
+        async move { n == 6 }
+    })
+    .await;
+    proxy.trigger_stop();
+    for s in slow {
+        assert_eq!(s.await.unwrap().status(), 200);
+    }
+    tokio::time::timeout(Duration::from_secs(10), proxy.task.take().unwrap())
+        .await
+        .expect("run() returns once every worker has drained")
+        .unwrap();
+}

@@ -182,6 +182,8 @@ pub struct Config {
     pub redirect_url: Option<Url>,
     pub upstreams: Vec<Upstream>,
     pub upstream_timeout: Duration,
+    /// Server threads; 0 means one per usable CPU (see `server::worker_count`).
+    pub workers: usize,
     pub pass_host_header: bool,
     pub provider: ProviderConfig,
     pub authz: AuthzConfig,
@@ -304,6 +306,7 @@ impl Config {
             redirect_url,
             upstreams: parse_upstreams(&v.list("upstreams"))?,
             upstream_timeout: duration_opt(v, "upstream_timeout")?,
+            workers: workers(v)?,
             pass_host_header: v.bool("pass_host_header"),
             proxy_prefix,
             provider,
@@ -340,6 +343,13 @@ fn trust_policy(v: &Values) -> Result<TrustPolicy, ConfigError> {
         )
     })?;
     TrustPolicy::new(v.bool("reverse_proxy"), &v.list("trusted_proxy_ips"), header).map_err(|m| invalid("trusted_proxy_ips", m))
+}
+
+fn workers(v: &Values) -> Result<usize, ConfigError> {
+    match usize::try_from(v.int("workers")) {
+        Ok(n) if n <= 1024 => Ok(n),
+        _ => Err(invalid("workers", "must be 0 (one per CPU) or a number of threads up to 1024")),
+    }
 }
 
 fn auth_success_status(v: &Values) -> Result<http::StatusCode, ConfigError> {

@@ -287,6 +287,14 @@ pub static OPTIONS: &[Opt] = &[
         "Enable GCP/GKE health-check endpoints.",
     ),
     o(
+        "workers",
+        "workers",
+        Int,
+        "0",
+        Supported,
+        "Server threads, each serving its own connections with its own upstream connection pool; 0 starts one per CPU the process may use, a cgroup CPU limit included (sidekey extension).",
+    ),
+    o(
         "upstream-timeout",
         "upstream_timeout",
         Str,

@@ -300,6 +300,8 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (&["--trusted-proxy-ip=10.0.0.0/33"], "option `trusted_proxy_ips`: `10.0.0.0/33`"),
         (&["--real-client-ip-header=X Real"], "option `real_client_ip_header`"),
         (&["--auth-success-status=302"], "option `auth_success_status`: 302 is not a 2xx"),
+        (&["--workers=-1"], "option `workers`: must be 0 (one per CPU)"),
+        (&["--workers=5000"], "option `workers`: must be 0 (one per CPU)"),
         (
             &["--auth-success-status=abc"],
             "option `--auth-success-status`: `abc` is not a whole number",

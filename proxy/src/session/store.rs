@@ -8,7 +8,9 @@
 //! Connections are made lazily and re-made after an error, so Redis being down at start or
 //! later never takes the proxy down: callers get [`StoreError`] and show a clear page.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -266,6 +268,9 @@ impl RedisStore {
 /// The session's home, cookie or Redis, behind one interface for the request path.
 pub struct Sessions {
     cookie_name: String,
+    /// Cookie store: values already opened, so a browser's every request does not pay for
+    /// base64, AES-GCM, lz4 and deserializing again (most of the cost of `/oauth2/auth`).
+    opened: Opened,
     /// Seals whole sessions (cookie store) ...
     sessions: Sealer,
     /// ... or tickets (Redis store).
@@ -275,8 +280,50 @@ pub struct Sessions {
 
 /// A session read from a request, with the ticket that names it in Redis.
 pub struct Loaded {
-    pub session: Session,
+    pub session: Arc<Session>,
     pub ticket: Option<Ticket>,
+}
+
+/// Cookie values that opened, by their exact text. A value is self-contained (sealed with
+/// the one cookie secret), so the same text always opens to the same session; only values
+/// that authenticated get here, and expiry is still checked on every request. Bounded by
+/// bytes, emptied when full: memory stays small and an attacker's flood of distinct valid
+/// cookies costs no more than opening them.
+struct Opened {
+    entries: std::sync::Mutex<HashMap<Box<str>, Arc<Session>>>,
+    bytes: AtomicUsize,
+}
+
+/// Key text plus an estimate of the session, counted against this budget.
+const OPENED_BUDGET: usize = 1024 * 1024;
+
+impl Opened {
+    fn new() -> Self {
+        Opened {
+            entries: std::sync::Mutex::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    fn get(&self, value: &str) -> Option<Arc<Session>> {
+        self.entries.lock().expect("opened lock").get(value).cloned()
+    }
+
+    fn insert(&self, value: &str, session: Arc<Session>) {
+        let size = value.len() * 2 + std::mem::size_of::<Session>() + session.groups.iter().map(|g| g.len() + 24).sum::<usize>();
+        if size > OPENED_BUDGET / 4 {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("opened lock");
+        if self.bytes.load(Ordering::Relaxed) + size > OPENED_BUDGET {
+            entries.clear();
+            entries.shrink_to(64);
+            self.bytes.store(0, Ordering::Relaxed);
+        }
+        if entries.insert(value.into(), session).is_none() {
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How long a replica may hold the refresh lock of one session.
@@ -288,6 +335,7 @@ impl Sessions {
     pub fn new(cookie_name: &str, cookie_secret: &[u8], redis: Option<Arc<RedisStore>>) -> Sessions {
         Sessions {
             cookie_name: cookie_name.to_string(),
+            opened: Opened::new(),
             sessions: Sealer::new(cookie_secret, Purpose::Session),
             tickets: Sealer::new(cookie_secret, Purpose::Ticket),
             redis,
@@ -306,18 +354,14 @@ impl Sessions {
         let mut best: Option<Loaded> = None;
         for value in values {
             let loaded = match &self.redis {
-                None => self
-                    .sessions
-                    .open::<Session>(&self.cookie_name, value)
-                    .ok()
-                    .map(|session| Loaded { session, ticket: None }),
+                None => self.open_cookie(value).map(|session| Loaded { session, ticket: None }),
                 Some(redis) => {
                     let Ok(ticket) = self.tickets.open::<Ticket>(&self.cookie_name, value) else {
                         continue;
                     };
                     let stored = redis.get(&ticket.redis_key(&self.cookie_name)).await?;
                     stored.and_then(|s| ticket.open(&self.cookie_name, &s)).map(|session| Loaded {
-                        session,
+                        session: Arc::new(session),
                         ticket: Some(ticket),
                     })
                 }
@@ -329,6 +373,15 @@ impl Sessions {
             }
         }
         Ok(best)
+    }
+
+    fn open_cookie(&self, value: &str) -> Option<Arc<Session>> {
+        if let Some(s) = self.opened.get(value) {
+            return Some(s);
+        }
+        let session = Arc::new(self.sessions.open::<Session>(&self.cookie_name, value).ok()?);
+        self.opened.insert(value, session.clone());
+        Some(session)
     }
 
     /// Stores a session. Returns the new cookie value when the cookie must change: always
@@ -409,6 +462,67 @@ fn refresh_lock_key(cookie_name: &str, t: &Ticket) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cookie_store() -> Sessions {
+        Sessions::new("_oauth2_proxy", &[7u8; 32], None)
+    }
+
+    fn signed_in(email: &str, expires_at: u64) -> Session {
+        Session {
+            email: email.into(),
+            expires_at,
+            ..Session::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_opened_cookie_is_reused_but_still_expires_and_tampering_never_enters() {
+        let store = cookie_store();
+        let value = store.save(&signed_in("a@example.com", 1000), None, 0).await.unwrap().unwrap();
+        let first = store.load(std::slice::from_ref(&value), 10).await.unwrap().unwrap();
+        let again = store.load(std::slice::from_ref(&value), 20).await.unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&first.session, &again.session),
+            "the second request reuses the opened session"
+        );
+        assert_eq!(again.session.email, "a@example.com");
+        // The cache holds what a value opens to, not a verdict: expiry is checked every time.
+        assert!(store.load(std::slice::from_ref(&value), 1000).await.unwrap().is_none());
+
+        let mut tampered = value.clone().into_bytes();
+        let i = tampered.len() / 2;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        for _ in 0..2 {
+            assert!(store.load(std::slice::from_ref(&tampered), 10).await.unwrap().is_none());
+        }
+        assert!(store.opened.get(&tampered).is_none(), "a value that did not open is never cached");
+        // Another process's cache does not matter: a value opens only with its own secret.
+        let other = Sessions::new("_oauth2_proxy", &[8u8; 32], None);
+        assert!(other.load(std::slice::from_ref(&value), 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_opened_cookie_cache_stays_within_its_budget() {
+        let store = cookie_store();
+        let mut values = Vec::new();
+        for i in 0..3000 {
+            let v = store
+                .save(&signed_in(&format!("user{i}@example.com"), 1000), None, 0)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(store.load(std::slice::from_ref(&v), 10).await.unwrap().is_some());
+            values.push(v);
+            assert!(store.opened.bytes.load(Ordering::Relaxed) <= OPENED_BUDGET);
+        }
+        // Emptied when full, and every value still opens afterwards.
+        let held = store.opened.entries.lock().unwrap().len();
+        assert!(held < 3000, "{held} entries");
+        for v in values.iter().step_by(97) {
+            assert!(store.load(std::slice::from_ref(v), 10).await.unwrap().is_some());
+        }
+    }
 
     #[test]
     fn tickets_are_random_and_only_their_own_key_opens_a_value() {

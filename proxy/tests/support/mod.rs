@@ -132,18 +132,24 @@ impl Proxy {
 
     /// Starts the proxy with flags and environment variables.
     pub async fn start_with_env(listener: TcpListener, args: &[String], env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_workers(vec![listener.into_std().unwrap()], args, env).await
+    }
+
+    /// Starts the proxy with one worker per listener (from `server::bind`), the first on
+    /// this runtime and the others on threads of their own, as the binary does.
+    pub async fn start_workers(listeners: Vec<std::net::TcpListener>, args: &[String], env: &[(&str, &str)]) -> Proxy {
         install_crypto();
         let mut argv = vec!["sidekey-proxy".to_string()];
         argv.extend_from_slice(args);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let inv = load(argv, env).unwrap_or_else(|e| panic!("config: {e}"));
         let cfg = Config::from_values(&inv.values).unwrap_or_else(|e| panic!("config: {e}"));
-        let addr = listener.local_addr().unwrap();
+        let addr = listeners[0].local_addr().unwrap();
         let clock = TestClock::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let c = clock.clock();
         let task = tokio::spawn(async move {
-            sidekey_proxy::run(cfg, listener, c, async {
+            sidekey_proxy::run(cfg, listeners, c, async {
                 let _ = stopped.await;
             })
             .await
