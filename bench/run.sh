@@ -212,6 +212,18 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+# The controller at scale: 1,000 AuthPolicies x 5 Deployments through the real controller
+# loop against a simulated API server (controller/examples/scale.rs).
+if [ -z "$only" ] || [[ " $only " == *" scale "* ]]; then
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$host" -p sidekey-controller --example scale 2>"$work/scale-build.log" \
+    || { cat "$work/scale-build.log" >&2; exit 1; }
+  echo "bench: controller scale run (${BENCH_POLICIES:-1000} policies)" >&2
+  "${CARGO_TARGET_DIR:-target}/$host/release/examples/scale" "${BENCH_POLICIES:-1000}" >>"$results"
+  tail -n1 "$results" >&2
+fi
+
 if [ -n "$only" ]; then
   echo "bench: BENCH_ONLY set: no footprint and no report; results in $results:" >&2
   cat "$results"

@@ -44,6 +44,9 @@ impl fmt::Display for ObjKey {
 /// What the resolver reads. Implementations must be cheap to query repeatedly.
 pub trait Cache {
     fn policies(&self) -> Vec<Arc<AuthPolicy>>;
+    fn policy(&self, key: &ObjKey) -> Option<Arc<AuthPolicy>>;
+    fn policies_in(&self, namespace: &str) -> Vec<Arc<AuthPolicy>>;
+    fn deployment(&self, key: &ObjKey) -> Option<Arc<Deployment>>;
     fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>>;
     /// `false` when the HTTPRoute CRD is not installed (Service targets keep working).
     fn routes_available(&self) -> bool;
@@ -114,6 +117,19 @@ impl Cache for Snapshot {
     fn policies(&self) -> Vec<Arc<AuthPolicy>> {
         self.policies.values().cloned().collect()
     }
+    fn policy(&self, key: &ObjKey) -> Option<Arc<AuthPolicy>> {
+        self.policies.get(key).cloned()
+    }
+    fn policies_in(&self, namespace: &str) -> Vec<Arc<AuthPolicy>> {
+        self.policies
+            .range(ObjKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+    fn deployment(&self, key: &ObjKey) -> Option<Arc<Deployment>> {
+        self.deployments.get(key).cloned()
+    }
     fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>> {
         self.routes.get(key).cloned()
     }
@@ -153,5 +169,75 @@ impl Cache for Snapshot {
                 .cloned()
                 .collect(),
         )
+    }
+}
+
+/// Names by namespace and keys by owning policy (our annotation) for one reflector store,
+/// kept in step with its watch events. Without it, "the Deployments in this namespace" and
+/// "what this policy patched" scanned every object in the cluster on every reconcile: at
+/// 5,000 Deployments that was most of the controller's CPU (see BENCHMARKS.md). Entries
+/// may briefly name objects the store no longer has; lookups go through the store.
+#[derive(Default)]
+pub struct StoreIndex {
+    by_namespace: std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+    by_policy: std::collections::HashMap<String, std::collections::BTreeSet<ObjKey>>,
+    policy_of: std::collections::HashMap<ObjKey, String>,
+}
+
+impl StoreIndex {
+    pub fn apply(&mut self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        let key = ObjKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        self.by_namespace.entry(key.namespace.clone()).or_default().insert(key.name.clone());
+        let policy = meta.annotations.as_ref().and_then(|a| a.get(crate::resolve::ANNOTATION_POLICY));
+        if self.policy_of.get(&key) != policy {
+            self.forget_policy(&key);
+            if let Some(p) = policy {
+                self.by_policy.entry(p.clone()).or_default().insert(key.clone());
+                self.policy_of.insert(key, p.clone());
+            }
+        }
+    }
+
+    pub fn delete(&mut self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        let key = ObjKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        if let Some(names) = self.by_namespace.get_mut(&key.namespace) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.by_namespace.remove(&key.namespace);
+            }
+        }
+        self.forget_policy(&key);
+    }
+
+    /// After a relist: exactly the objects listed.
+    pub fn rebuild<'a>(&mut self, metas: impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>) {
+        *self = StoreIndex::default();
+        for m in metas {
+            self.apply(m);
+        }
+    }
+
+    fn forget_policy(&mut self, key: &ObjKey) {
+        if let Some(old) = self.policy_of.remove(key)
+            && let Some(keys) = self.by_policy.get_mut(&old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_policy.remove(&old);
+            }
+        }
+    }
+
+    /// Names in `namespace`, sorted.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<ObjKey> {
+        self.by_namespace
+            .get(namespace)
+            .map(|names| names.iter().map(|n| ObjKey::new(namespace, n)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keys annotated with `policy`.
+    pub fn of_policy(&self, policy: &str) -> Vec<ObjKey> {
+        self.by_policy.get(policy).map(|k| k.iter().cloned().collect()).unwrap_or_default()
     }
 }

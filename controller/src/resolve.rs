@@ -397,8 +397,8 @@ pub fn winners(cache: &dyn Cache, deployments: &BTreeSet<ObjKey>) -> BTreeMap<Ob
         );
     }
     let mut out: BTreeMap<ObjKey, Arc<AuthPolicy>> = BTreeMap::new();
-    for p in cache.policies() {
-        if p.metadata.deletion_timestamp.is_some() || !p.namespace().is_some_and(|ns| reaching.contains(&ns)) {
+    for p in reaching.iter().flat_map(|ns| cache.policies_in(ns)) {
+        if p.metadata.deletion_timestamp.is_some() {
             continue;
         }
         for dkey in resolve(&p, cache).workloads.into_keys().filter(|d| deployments.contains(d)) {

@@ -1,9 +1,9 @@
 //! Watches, caches, the controller loop, leader election and the health/metrics endpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,14 +15,14 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
 use crate::api::AuthPolicy;
-use crate::cache::{Cache, ObjKey, annotated_by};
+use crate::cache::{Cache, ObjKey, StoreIndex, annotated_by};
 use crate::gateway::{HTTPRoute, ReferenceGrant};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, Index};
+use crate::reconcile::{self, Context, Index, Watched};
 use crate::render::{RenderOptions, SidecarMode};
 
 /// The reflector stores, read through [`Cache`].
@@ -34,6 +34,34 @@ pub struct LiveCache {
     pub services: Store<Service>,
     pub deployments: Store<Deployment>,
     pub secrets: Store<Secret>,
+    pub service_index: Arc<RwLock<StoreIndex>>,
+    pub deployment_index: Arc<RwLock<StoreIndex>>,
+}
+
+impl LiveCache {
+    /// The Services of `namespace`, by name.
+    pub fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
+        let keys = self.service_index.read().expect("index lock").in_namespace(namespace);
+        keys.iter().filter_map(|k| get(&self.services, k)).collect()
+    }
+}
+
+/// Keeps `index` in step with the events of a stream whose reflector writes `store`.
+fn indexed<K, W>(stream: W, store: Store<K>, index: Arc<RwLock<StoreIndex>>) -> impl futures_util::Stream<Item = W::Item> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    W: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    stream.inspect(move |event| {
+        let mut index = index.write().expect("index lock");
+        match event {
+            Ok(watcher::Event::Apply(o)) => index.apply(o.meta()),
+            Ok(watcher::Event::Delete(o)) => index.delete(o.meta()),
+            // The reflector has swapped the relisted objects into the store.
+            Ok(watcher::Event::InitDone) => index.rebuild(store.state().iter().map(|o| o.meta())),
+            _ => {}
+        }
+    })
 }
 
 fn get<K>(store: &Store<K>, key: &ObjKey) -> Option<Arc<K>>
@@ -47,6 +75,15 @@ impl Cache for LiveCache {
     fn policies(&self) -> Vec<Arc<AuthPolicy>> {
         self.policies.state()
     }
+    fn policy(&self, key: &ObjKey) -> Option<Arc<AuthPolicy>> {
+        get(&self.policies, key)
+    }
+    fn policies_in(&self, namespace: &str) -> Vec<Arc<AuthPolicy>> {
+        self.policies.state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+    }
+    fn deployment(&self, key: &ObjKey) -> Option<Arc<Deployment>> {
+        get(&self.deployments, key)
+    }
     fn route(&self, key: &ObjKey) -> Option<Arc<HTTPRoute>> {
         get(self.routes.as_ref()?, key)
     }
@@ -56,16 +93,15 @@ impl Cache for LiveCache {
     fn grants_in(&self, namespace: &str) -> Vec<Arc<ReferenceGrant>> {
         self.grants
             .as_ref()
-            .map(|g| g.state_filter(|g| g.namespace().as_deref() == Some(namespace)))
+            .map(|g| g.state_filter(|g| g.metadata.namespace.as_deref() == Some(namespace)))
             .unwrap_or_default()
     }
     fn service(&self, key: &ObjKey) -> Option<Arc<Service>> {
         get(&self.services, key)
     }
     fn deployments_in(&self, namespace: &str) -> Vec<Arc<Deployment>> {
-        let mut ds = self.deployments.state_filter(|d| d.namespace().as_deref() == Some(namespace));
-        ds.sort_by_key(|d| d.name_any());
-        ds
+        let keys = self.deployment_index.read().expect("index lock").in_namespace(namespace);
+        keys.iter().filter_map(|k| get(&self.deployments, k)).collect()
     }
     fn secret_digest(&self, key: &ObjKey) -> Option<String> {
         let s = get(&self.secrets, key)?;
@@ -73,9 +109,19 @@ impl Cache for LiveCache {
         data.get(DIGEST_KEY).map(|v| String::from_utf8_lossy(&v.0).into_owned())
     }
     fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>) {
+        let deployments = self.deployment_index.read().expect("index lock").of_policy(policy);
+        let services = self.service_index.read().expect("index lock").of_policy(policy);
         (
-            self.deployments.state_filter(|d| annotated_by(d, policy)),
-            self.services.state_filter(|s| annotated_by(s, policy)),
+            deployments
+                .iter()
+                .filter_map(|k| get(&self.deployments, k))
+                .filter(|d| annotated_by(d.as_ref(), policy))
+                .collect(),
+            services
+                .iter()
+                .filter_map(|k| get(&self.services, k))
+                .filter(|s| annotated_by(s.as_ref(), policy))
+                .collect(),
         )
     }
 }
@@ -170,115 +216,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .is_ok();
 
     let wc = watcher::Config::default();
-    let (policies, pw) = reflector::store();
-    let (services, sw) = reflector::store();
-    let (deployments, dw) = reflector::store();
-    let (secrets, xw) = reflector::store();
-    let (routes, rw) = reflector::store();
-    let (grants, gw) = reflector::store();
-
-    let policy_stream = reflector::reflector(pw, watcher(Api::<AuthPolicy>::all(client.clone()), wc.clone()))
-        .default_backoff()
-        .touched_objects();
-    let service_stream = reflector::reflector(
-        sw,
-        watcher(Api::<Service>::all(client.clone()), wc.clone()).modify(|s| s.metadata.managed_fields = None),
-    )
-    .default_backoff()
-    .touched_objects();
-    let deployment_stream = reflector::reflector(
-        dw,
-        watcher(Api::<Deployment>::all(client.clone()), wc.clone()).modify(|d| d.metadata.managed_fields = None),
-    )
-    .default_backoff()
-    .touched_objects();
-    let secret_stream = reflector::reflector(xw, watcher(Api::<Secret>::all(client.clone()), wc.clone()).modify(digest_secret))
-        .default_backoff()
-        .touched_objects();
-
-    let cache = LiveCache {
-        policies: policies.clone(),
-        routes: routes_installed.then(|| routes.clone()),
-        grants: grants_installed.then(|| grants.clone()),
-        services: services.clone(),
-        deployments: deployments.clone(),
-        secrets: secrets.clone(),
+    let sources = Sources {
+        policies: watcher(Api::<AuthPolicy>::all(client.clone()), wc.clone()),
+        services: watcher(Api::<Service>::all(client.clone()), wc.clone()),
+        deployments: watcher(Api::<Deployment>::all(client.clone()), wc.clone()),
+        secrets: watcher(Api::<Secret>::all(client.clone()), wc.clone()),
+        routes: routes_installed.then(|| watcher(Api::<HTTPRoute>::all(client.clone()), wc.clone())),
+        grants: grants_installed.then(|| watcher(Api::<ReferenceGrant>::all(client.clone()), wc.clone())),
     };
-    let index = Arc::new(Index::default());
     let opts = RenderOptions {
         proxy_image: settings.proxy_image.clone(),
         mode,
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(cache.clone()),
-        opts,
-        metrics.clone(),
-        index.clone(),
-    ));
-
-    let mut controller = Controller::for_stream(policy_stream, policies.clone())
-        .watches_stream(service_stream, {
-            let index = index.clone();
-            move |s: Service| to_refs(index.policies_touching(|t| t.services.contains(&ObjKey::of(&s))))
-        })
-        .watches_stream(deployment_stream, {
-            let index = index.clone();
-            let services = services.clone();
-            move |d: Deployment| {
-                let same_ns = services.state_filter(|s| s.namespace() == d.namespace());
-                to_refs(policies_for_deployment(&index, &same_ns, &d))
-            }
-        })
-        .watches_stream(secret_stream, {
-            let index = index.clone();
-            move |s: Secret| to_refs(index.policies_touching(|t| t.secrets.contains(&ObjKey::of(&s))))
-        });
-    if routes_installed {
-        let route_stream = reflector::reflector(rw, watcher(Api::<HTTPRoute>::all(client.clone()), wc.clone()))
-            .default_backoff()
-            .touched_objects();
-        let index = index.clone();
-        controller = controller.watches_stream(route_stream, move |r: HTTPRoute| {
-            to_refs(index.policies_touching(|t| t.routes.contains(&ObjKey::of(&r))))
-        });
-    }
-    if grants_installed {
-        let grant_stream = reflector::reflector(gw, watcher(Api::<ReferenceGrant>::all(client.clone()), wc.clone()))
-            .default_backoff()
-            .touched_objects();
-        let policies = policies.clone();
-        // Rare and cross-namespace: re-check every policy.
-        controller = controller.watches_stream(grant_stream, move |_: ReferenceGrant| {
-            policies.state().iter().map(|p| ObjectRef::from(p.as_ref())).collect::<Vec<_>>()
-        });
-    }
+    let (cache, running) = controller(sources, client.clone(), opts, metrics.clone(), shutdown);
 
     let readiness = {
-        let (p, s, d, x) = (policies.clone(), services.clone(), deployments.clone(), secrets.clone());
+        let cache = cache.clone();
         let ready = ready.clone();
         async move {
             let _ = tokio::join!(
-                p.wait_until_ready(),
-                s.wait_until_ready(),
-                d.wait_until_ready(),
-                x.wait_until_ready()
+                cache.policies.wait_until_ready(),
+                cache.services.wait_until_ready(),
+                cache.deployments.wait_until_ready(),
+                cache.secrets.wait_until_ready()
             );
             ready.store(Phase::Reconciling as u8, Ordering::Relaxed);
             tracing::info!("caches synced; reconciling");
         }
     };
     tokio::spawn(readiness);
-
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+    running.await;
     if settings.leader_election {
         leader::release(&client, &settings.lease_namespace, &settings.identity).await;
     }
@@ -286,14 +253,134 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The watch streams the controller runs on: the API server's watches in production, a
+/// simulated API server in the scale benchmark (`controller/examples/scale.rs`). `routes`
+/// and `grants` are `None` when their CRDs are not installed.
+pub struct Sources<P, S, D, X, R, G> {
+    pub policies: P,
+    pub services: S,
+    pub deployments: D,
+    pub secrets: X,
+    pub routes: Option<R>,
+    pub grants: Option<G>,
+}
+
+/// A stream of watch events for `K`, as [`watcher`] yields them.
+pub trait WatchStream<K>: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {}
+impl<K, T> WatchStream<K> for T where T: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {}
+
+/// Wires the reflector caches, the watch-to-policy mappings and the reconciler onto
+/// `sources`. Returns the caches and the controller loop, which runs until `shutdown`.
+pub fn controller<P, S, D, X, R, G>(
+    sources: Sources<P, S, D, X, R, G>,
+    client: Client,
+    opts: RenderOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (LiveCache, impl std::future::Future<Output = ()>)
+where
+    P: WatchStream<AuthPolicy>,
+    S: WatchStream<Service>,
+    D: WatchStream<Deployment>,
+    X: WatchStream<Secret>,
+    R: WatchStream<HTTPRoute>,
+    G: WatchStream<ReferenceGrant>,
+{
+    let (policies, pw) = reflector::store();
+    let (services, sw) = reflector::store();
+    let (deployments, dw) = reflector::store();
+    let (secrets, xw) = reflector::store();
+    let (routes, rw) = reflector::store();
+    let (grants, gw) = reflector::store();
+
+    let policy_stream = reflector::reflector(pw, sources.policies).default_backoff().touched_objects();
+    let service_index = Arc::new(RwLock::new(StoreIndex::default()));
+    let deployment_index = Arc::new(RwLock::new(StoreIndex::default()));
+    // Managed fields are most of an object's size and never read: not kept in memory.
+    let service_stream = indexed(
+        reflector::reflector(sw, sources.services.modify(|s| s.metadata.managed_fields = None)),
+        services.clone(),
+        service_index.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let deployment_stream = indexed(
+        reflector::reflector(dw, sources.deployments.modify(|d| d.metadata.managed_fields = None)),
+        deployments.clone(),
+        deployment_index.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let secret_stream = reflector::reflector(xw, sources.secrets.modify(digest_secret))
+        .default_backoff()
+        .touched_objects();
+
+    let cache = LiveCache {
+        policies: policies.clone(),
+        routes: sources.routes.is_some().then(|| routes.clone()),
+        grants: sources.grants.is_some().then(|| grants.clone()),
+        services: services.clone(),
+        deployments: deployments.clone(),
+        secrets: secrets.clone(),
+        service_index,
+        deployment_index,
+    };
+    let index = Arc::new(Index::default());
+    let ctx = Arc::new(Context::new(client, Arc::new(cache.clone()), opts, metrics, index.clone()));
+
+    let mut controller = Controller::for_stream(policy_stream, policies.clone())
+        .watches_stream(service_stream, {
+            let index = index.clone();
+            move |s: Service| to_refs(index.policies_touching(Watched::Service, &ObjKey::of(&s)))
+        })
+        .watches_stream(deployment_stream, {
+            let index = index.clone();
+            let cache = cache.clone();
+            move |d: Deployment| {
+                let same_ns = cache.services_in(d.metadata.namespace.as_deref().unwrap_or_default());
+                to_refs(policies_for_deployment(&index, &same_ns, &d))
+            }
+        })
+        .watches_stream(secret_stream, {
+            let index = index.clone();
+            move |s: Secret| to_refs(index.policies_touching(Watched::Secret, &ObjKey::of(&s)))
+        });
+    if let Some(route_source) = sources.routes {
+        let route_stream = reflector::reflector(rw, route_source).default_backoff().touched_objects();
+        let index = index.clone();
+        controller = controller.watches_stream(route_stream, move |r: HTTPRoute| {
+            to_refs(index.policies_touching(Watched::Route, &ObjKey::of(&r)))
+        });
+    }
+    if let Some(grant_source) = sources.grants {
+        let grant_stream = reflector::reflector(gw, grant_source).default_backoff().touched_objects();
+        let policies = policies.clone();
+        // Rare and cross-namespace: re-check every policy.
+        controller = controller.watches_stream(grant_stream, move |_: ReferenceGrant| {
+            policies.state().iter().map(|p| ObjectRef::from(p.as_ref())).collect::<Vec<_>>()
+        });
+    }
+    let running = controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    (cache, running)
+}
+
 /// The policies a Deployment change concerns: those that resolved to it last time, and those
 /// that look at a Service now selecting it (a new Deployment, or changed pod labels).
 pub fn policies_for_deployment(index: &Index, services: &[Arc<Service>], d: &Deployment) -> Vec<ObjKey> {
     let key = ObjKey::of(d);
     let selecting: Vec<ObjKey> = services.iter().filter(|s| selects(s, d)).map(|s| ObjKey::of(s.as_ref())).collect();
-    let mut out = index.policies_touching(|t| t.deployments.contains(&key) || selecting.iter().any(|s| t.services.contains(s)));
-    out.sort();
-    out
+    let mut out: BTreeSet<ObjKey> = index.policies_touching(Watched::Deployment, &key).into_iter().collect();
+    for s in &selecting {
+        out.extend(index.policies_touching(Watched::Service, s));
+    }
+    out.into_iter().collect()
 }
 
 fn to_refs(keys: Vec<ObjKey>) -> Vec<ObjectRef<AuthPolicy>> {

@@ -13,8 +13,8 @@ use kube::Api;
 use kube::client::Body;
 use serde_json::{Value, json};
 use sidekey_controller::api::AuthPolicy;
-use sidekey_controller::cache::{ObjKey, Snapshot};
-use sidekey_controller::reconcile::Index;
+use sidekey_controller::cache::{ObjKey, Snapshot, StoreIndex};
+use sidekey_controller::reconcile::{Expectations, Index, Kind, Watched};
 use sidekey_controller::render::SidecarMode;
 use sidekey_controller::resolve::{self, Touched};
 use sidekey_controller::runtime::{Phase, leader, parse_version, policies_for_deployment, readyz, sidecar_mode};
@@ -91,6 +91,84 @@ fn deployment_events_reach_the_policies_that_care() {
     );
     // Unrelated.
     assert!(policies_for_deployment(&index, &services, &dep("batch", "batch")).is_empty());
+
+    // A policy's new reconcile replaces what it touched: the old objects no longer map to it.
+    index.set(
+        ObjKey::new("apps", "p1"),
+        Touched {
+            services: [ObjKey::new("apps", "api")].into(),
+            ..Default::default()
+        },
+    );
+    assert!(policies_for_deployment(&index, &services, &dep("web", "web")).is_empty());
+    assert_eq!(
+        index.policies_touching(Watched::Service, &ObjKey::new("apps", "api")),
+        [ObjKey::new("apps", "p1"), ObjKey::new("apps", "p2")]
+    );
+    index.remove(&ObjKey::new("apps", "p2"));
+    assert_eq!(
+        index.policies_touching(Watched::Service, &ObjKey::new("apps", "api")),
+        [ObjKey::new("apps", "p1")]
+    );
+}
+
+fn meta(ns: &str, name: &str, policy: Option<&str>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    serde_json::from_value(json!({
+        "namespace": ns, "name": name,
+        "annotations": policy.map(|p| json!({"sidekey.dev/policy": p})).unwrap_or(json!({})),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_store_index_follows_namespaces_and_our_annotation() {
+    let mut ix = StoreIndex::default();
+    ix.apply(&meta("a", "web", None));
+    ix.apply(&meta("a", "api", Some("a/p")));
+    ix.apply(&meta("b", "web", Some("a/p")));
+    assert_eq!(
+        ix.in_namespace("a"),
+        [ObjKey::new("a", "api"), ObjKey::new("a", "web")],
+        "sorted by name"
+    );
+    assert_eq!(ix.of_policy("a/p"), [ObjKey::new("a", "api"), ObjKey::new("b", "web")]);
+    // The annotation moves to another policy, then goes.
+    ix.apply(&meta("a", "api", Some("a/q")));
+    assert_eq!(ix.of_policy("a/p"), [ObjKey::new("b", "web")]);
+    assert_eq!(ix.of_policy("a/q"), [ObjKey::new("a", "api")]);
+    ix.apply(&meta("a", "api", None));
+    assert!(ix.of_policy("a/q").is_empty());
+    ix.delete(&meta("b", "web", Some("a/p")));
+    assert!(ix.of_policy("a/p").is_empty());
+    assert!(ix.in_namespace("b").is_empty());
+    // A relist: exactly what was listed.
+    ix.rebuild([meta("c", "x", Some("c/p"))].iter());
+    assert!(ix.in_namespace("a").is_empty());
+    assert_eq!(ix.of_policy("c/p"), [ObjKey::new("c", "x")]);
+}
+
+#[test]
+fn a_policy_waits_until_the_cache_shows_its_own_writes() {
+    let policy = ObjKey::new("apps", "p");
+    let mut cache = Snapshot::new();
+    let mut d = dep("web", "web");
+    d.metadata.resource_version = Some("5".into());
+    cache.add_deployment(d.clone());
+    let ex = Expectations::default();
+    assert!(ex.met(&policy, &cache), "nothing written yet");
+    // A write that changed nothing (same version back) expects nothing.
+    ex.wrote(&policy, Kind::Deployment, &ObjKey::new("apps", "web"), Some("5".into()), Some("5"));
+    assert!(ex.met(&policy, &cache));
+    // A real write: stale until the cache holds another version.
+    ex.wrote(&policy, Kind::Deployment, &ObjKey::new("apps", "web"), Some("5".into()), Some("6"));
+    ex.wrote(&policy, Kind::Secret, &ObjKey::new("apps", "cookie"), None, None);
+    assert!(!ex.met(&policy, &cache));
+    assert!(ex.met(&ObjKey::new("apps", "other"), &cache), "per policy");
+    d.metadata.resource_version = Some("6".into());
+    cache.add_deployment(d);
+    assert!(!ex.met(&policy, &cache), "the created Secret is not in the cache yet");
+    cache.add_secret(ObjKey::new("apps", "cookie"), "digest");
+    assert!(ex.met(&policy, &cache));
 }
 
 #[test]
