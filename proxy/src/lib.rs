@@ -128,8 +128,11 @@ pub async fn run(
     let first = listeners.next().ok_or_else(|| anyhow::anyhow!("no listener to serve"))?;
     let first_https = https_listeners.remove(0);
     let mut finished = Vec::new();
+    // A worker's runtime also drives connections other workers use (a Redis connection,
+    // pooled connections to the provider): it stays up until every worker has drained.
+    let all_drained = tokio_util::sync::CancellationToken::new();
     for (index, (http, https)) in listeners.zip(https_listeners).enumerate() {
-        let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
+        let (app, tls, stop, all_drained) = (app.clone(), tls.clone(), stop.clone(), all_drained.clone());
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         finished.push(finished_rx);
         std::thread::Builder::new()
@@ -140,8 +143,11 @@ pub async fn run(
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                runtime.block_on(serve_worker(app, http, https, tls, stop));
-                let _ = done.send(());
+                runtime.block_on(async move {
+                    serve_worker(app, http, https, tls, stop).await;
+                    let _ = done.send(());
+                    all_drained.cancelled().await;
+                });
             })?;
     }
     let http_stop = stop.clone();
@@ -154,6 +160,7 @@ pub async fn run(
     for f in finished {
         let _ = f.await;
     }
+    all_drained.cancel();
     if let Some(reload) = reload {
         reload.abort();
     }
