@@ -334,13 +334,9 @@ async fn execute(policy: &AuthPolicy, plan: &Plan, ctx: &Context, policy_version
         ctx.expectations.wrote(&key, Kind::Secret, skey, None, None);
     }
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
-    let version = |v: Option<&String>| v.cloned();
     for a in &plan.deployment_applies {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &a.key.namespace);
-        let before = ctx
-            .cache
-            .deployment(&a.key)
-            .and_then(|d| version(d.metadata.resource_version.as_ref()));
+        let before = ctx.cache.deployment(&a.key).and_then(|d| d.metadata.resource_version.clone());
         let written = api
             .patch(&a.key.name, &ssa, &Patch::Apply(&a.body))
             .await
@@ -352,10 +348,7 @@ async fn execute(policy: &AuthPolicy, plan: &Plan, ctx: &Context, policy_version
     }
     for a in plan.service_applies.iter().chain(&plan.service_restores) {
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), &a.key.namespace);
-        let before = ctx
-            .cache
-            .service(&a.key)
-            .and_then(|s| version(s.metadata.resource_version.as_ref()));
+        let before = ctx.cache.service(&a.key).and_then(|s| s.metadata.resource_version.clone());
         let written = api
             .patch(&a.key.name, &ssa, &Patch::Apply(&a.body))
             .await
