@@ -145,9 +145,9 @@ w(f"| Full resync (every watch relisted): time for every policy to reconcile aga
 w(f"| Writes in that resync | {scale['resync_writes']} |")
 w(f"| Pure core (resolve + render + diff) per policy over the converged cache | {scale['core_us_per_policy']:.0f} µs |")
 w(f"| Peak RSS of the process, simulated API server included | {scale['peak_rss_kib'] / 1024:.1f} MiB |")
-w(f"| ... of which before the controller started (the simulated server's objects) | {scale['world_rss_kib'] / 1024:.1f} MiB |")
+w(f"| Peak live heap, simulated API server included (every allocation counted) | {scale['peak_heap_kib'] / 1024:.1f} MiB |")
+w(f"| ... of which before the controller started (the simulated server's objects) | {scale['world_rss_kib'] / 1024:.1f} MiB RSS, {scale['world_heap_kib'] / 1024:.1f} MiB heap |")
 w(f"| The controller alone afterwards (simulated server's objects dropped): live heap / RSS | {scale['controller_heap_kib'] / 1024:.1f} MiB / {scale['controller_rss_kib'] / 1024:.1f} MiB |")
-w(f"| The cached Deployments as JSON / in memory (k8s-openapi structs: Deployment {scale['deployment_struct_bytes']:,} B, Container {scale['container_struct_bytes']:,} B, Volume {scale['volume_struct_bytes']:,} B before any heap data) | {scale['cached_deployments_json_kib'] / 1024:.1f} MiB / most of the live heap |")
 w("")
 w("| Target | Measured | |")
 w("|---|---|---|")
@@ -156,7 +156,7 @@ met.append(target("API writes equal the minimum", f"{scale['writes']:,} vs {scal
 met.append(target("0 writes on a full resync", f"{scale['resync_writes']}", scale["resync_completed"] and scale["resync_writes"] == 0))
 met.append(target(
     "peak RSS ≤ 64 MiB",
-    f"{scale['peak_rss_kib'] / 1024:.1f} MiB peak (simulated API server included); the controller alone {scale['controller_heap_kib'] / 1024:.1f} MiB live heap",
+    f"{scale['peak_rss_kib'] / 1024:.1f} MiB peak (simulated API server included); peak live heap {scale['peak_heap_kib'] / 1024:.1f} MiB; the controller alone {scale['controller_heap_kib'] / 1024:.1f} MiB live heap",
     scale["peak_rss_kib"] <= 64 * 1024,
 ))
 

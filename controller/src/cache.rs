@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::deployment::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
@@ -103,7 +103,8 @@ impl Snapshot {
         self.services.insert(ObjKey::of(&s), Arc::new(s));
         self
     }
-    pub fn add_deployment(&mut self, d: Deployment) -> &mut Self {
+    pub fn add_deployment(&mut self, d: impl Into<Deployment>) -> &mut Self {
+        let d = d.into();
         self.deployments.insert(ObjKey::of(&d), Arc::new(d));
         self
     }

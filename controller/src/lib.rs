@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod deployment;
 pub mod gateway;
 pub mod merge;
 pub mod metrics;

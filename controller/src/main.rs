@@ -6,6 +6,11 @@ use sidekey_controller::offline;
 use sidekey_controller::render::{RenderOptions, SidecarMode};
 use sidekey_controller::runtime::{self, Settings};
 
+/// mimalloc, as in sidekey-proxy: with the reflector caches churning on every watch event,
+/// glibc malloc held a third more RSS for the same live heap in the scale run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_IMAGE: &str = concat!("ghcr.io/sidekey-dev/sidekey-proxy:v", env!("CARGO_PKG_VERSION"));
 
 fn cli() -> Command {

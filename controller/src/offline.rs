@@ -10,6 +10,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::cache::{Cache, ObjKey, Snapshot};
+use crate::deployment::Deployment;
 use crate::merge;
 use crate::plan::{self, Plan};
 use crate::render::RenderOptions;
@@ -42,6 +43,9 @@ pub enum RenderError {
 pub struct Input {
     pub snapshot: Snapshot,
     origin: BTreeMap<(String, ObjKey), String>,
+    /// The Deployments as given: the cache keeps only what the planner reads, the preview
+    /// shows the whole object.
+    deployments: BTreeMap<ObjKey, Value>,
 }
 
 fn files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
@@ -167,7 +171,17 @@ impl Input {
                 s.add_service(typed(v, path, doc, &object)?);
             }
             "Deployment" => {
-                s.add_deployment(typed(v, path, doc, &object)?);
+                // Checked against the full type, so a malformed field is named.
+                let full: k8s_openapi::api::apps::v1::Deployment = typed(v, path, doc, &object)?;
+                let v = serde_json::to_value(&full).expect("a Deployment serializes");
+                s.add_deployment(Deployment::from_json(&v).map_err(|e| RenderError::Object {
+                    path: path.into(),
+                    doc,
+                    object: object.clone(),
+                    field: String::new(),
+                    message: e.to_string(),
+                })?);
+                self.deployments.insert(key, v);
             }
             _ => {
                 // A Secret counts as present; its data is not needed offline.
@@ -208,7 +222,7 @@ pub fn render(input: &Input, opts: &RenderOptions) -> Result<Vec<Rendered>, Rend
         });
         let mut objects = Vec::new();
         for a in &plan.deployment_applies {
-            let mut live = serde_json::to_value(snap.deployments[&a.key].as_ref()).expect("json");
+            let mut live = input.deployments[&a.key].clone();
             merge::merge(&mut live, &a.body);
             objects.push(live);
         }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::deployment::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use serde_json::Value;
@@ -188,7 +188,7 @@ pub fn plan(input: Input<'_>) -> Plan {
     let mut ready_workloads = BTreeSet::new();
     for (dkey, w) in &owned {
         let desired = render::deployment_patch(policy, w, &res.hostnames, opts, cache);
-        let live = serde_json::to_value(w.deployment.as_ref()).expect("deployment serializes");
+        let live = w.deployment.applied_fields();
         if merge::contains(&live, &desired) {
             if assume_rolled_out || rolled_out(&w.deployment) {
                 ready_workloads.insert(dkey.clone());

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::deployment::Deployment;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -125,6 +125,12 @@ impl Cache for LiveCache {
         )
     }
 }
+
+/// Reconciles in flight at once. Each holds its rendered patches and the API's answers;
+/// unbounded, a cold start of 1,000 policies held them all at the same time (a heap peak
+/// of 176 MB in the scale run). Reconciles are CPU-light and the writes are what take the
+/// time, so 16 keep the API busy without that peak.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
 
 const DIGEST_KEY: &str = "sidekey.dev/digest";
 
@@ -305,7 +311,7 @@ where
     .default_backoff()
     .touched_objects();
     let deployment_stream = indexed(
-        reflector::reflector(dw, sources.deployments.modify(|d| d.metadata.managed_fields = None)),
+        reflector::reflector(dw, sources.deployments),
         deployments.clone(),
         deployment_index.clone(),
     )
@@ -329,6 +335,7 @@ where
     let ctx = Arc::new(Context::new(client, Arc::new(cache.clone()), opts, metrics, index.clone()));
 
     let mut controller = Controller::for_stream(policy_stream, policies.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_stream(service_stream, {
             let index = index.clone();
             move |s: Service| to_refs(index.policies_touching(Watched::Service, &ObjKey::of(&s)))

@@ -362,7 +362,7 @@ async fn secret_rotation_rolls_the_pods() {
     let (res, sent, _) = run(&w, &p, echo()).await;
     res.unwrap();
     let first = find(&sent, Method::PATCH, &deployment_path("hello")).clone();
-    let d = applied_deployment(&w.deployments[&ObjKey::new("apps", "hello")], &first);
+    let d = applied_deployment(&deployment("hello", "hello"), &first);
     w.add_deployment(d);
     let (res, sent, _) = run(&w, &p, echo()).await;
     res.unwrap();

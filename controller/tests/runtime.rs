@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -14,6 +13,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use sidekey_controller::api::AuthPolicy;
 use sidekey_controller::cache::{ObjKey, Snapshot, StoreIndex};
+use sidekey_controller::deployment::Deployment;
 use sidekey_controller::reconcile::{Expectations, Index, Kind, Watched};
 use sidekey_controller::render::SidecarMode;
 use sidekey_controller::resolve::{self, Touched};

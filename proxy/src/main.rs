@@ -38,6 +38,11 @@ fn main() -> ExitCode {
     for w in &invocation.values.warnings {
         tracing::warn!("{w}");
     }
+    server::on_idle(|| {
+        // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own structures
+        // for the calling thread (and, forced, returns every free page it can to the OS).
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
     let workers = server::worker_count(cfg.workers);
     let listeners = match server::bind(cfg.http_address, workers) {
         Ok(l) => l,

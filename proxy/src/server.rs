@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -32,8 +32,61 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request line plus headers; oversize requests get 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// A worker with no connection for this long hands its free memory back (see [`on_idle`]).
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
+
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// Client connections open on this worker.
+    static OPEN: Cell<usize> = const { Cell::new(0) };
+    /// Whether a connection opened since the last check.
+    static OPENED: Cell<bool> = const { Cell::new(false) };
+}
+
+static IDLE_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Registers what a worker calls, on its own thread, once its last client connection has
+/// closed and none has opened for [`IDLE_TRIM_AFTER`]. The binary returns the allocator's
+/// free pages there: mimalloc purges only when a thread allocates again, so a worker gone
+/// quiet after a burst kept its peak RSS for good.
+pub fn on_idle(hook: fn()) {
+    let _ = IDLE_HOOK.set(hook);
+}
+
+/// Counts a client connection while it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Self {
+        OPEN.with(|o| o.set(o.get() + 1));
+        OPENED.with(|o| o.set(true));
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.with(|o| o.set(o.get().saturating_sub(1)));
+    }
+}
+
+/// Calls the idle hook once per quiet spell: after a whole period with no connection open
+/// and none opened, and only if something was served since the last call.
+async fn trim_when_idle(hook: fn()) {
+    let mut tick = tokio::time::interval(IDLE_TRIM_AFTER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pending = false;
+    loop {
+        tick.tick().await;
+        if OPEN.with(Cell::get) > 0 {
+            continue;
+        }
+        if OPENED.with(|o| o.replace(false)) {
+            pending = true;
+        } else if std::mem::take(&mut pending) {
+            hook();
+        }
+    }
 }
 
 /// The number of workers: `configured`, or with 0 the CPUs this process may use (a cgroup
@@ -102,6 +155,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     let builder = Arc::new(builder());
     let graceful = GracefulShutdown::new();
     let scheme: &'static str = if tls.is_some() { "https" } else { "http" };
+    let trimmer = IDLE_HOOK.get().map(|hook| tokio::spawn(trim_when_idle(*hook)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -126,7 +180,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
+                let open = Open::new();
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection closed with error");
                     }
@@ -136,7 +192,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let open = Open::new();
                 tokio::spawn(async move {
+                    let _open = open;
                     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
@@ -151,6 +209,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
         }
     }
     drop(listener);
+    if let Some(t) = trimmer {
+        t.abort();
+    }
     tracing::info!(scheme, "shutting down: waiting for in-flight requests");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
@@ -160,6 +221,37 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_hook_runs_once_per_quiet_spell_and_never_while_serving() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn hook() {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        }
+        let calls = || CALLS.load(Ordering::SeqCst);
+        let trimmer = tokio::spawn(trim_when_idle(hook));
+        let wait = |s: f64| tokio::time::sleep(Duration::from_secs_f64(s));
+        wait(5.5).await;
+        assert_eq!(calls(), 0, "nothing served: nothing to hand back");
+        let open = Open::new();
+        wait(5.0).await;
+        assert_eq!(calls(), 0, "a connection is open");
+        drop(open);
+        wait(2.5).await;
+        assert_eq!(calls(), 1, "quiet for a whole period after the last connection");
+        wait(10.0).await;
+        assert_eq!(calls(), 1, "once per quiet spell");
+        // Short connections that come and go keep the worker busy.
+        for _ in 0..5 {
+            drop(Open::new());
+            wait(0.9).await;
+        }
+        assert_eq!(calls(), 1);
+        wait(2.5).await;
+        assert_eq!(calls(), 2);
+        trimmer.abort();
+    }
 
     #[test]
     fn workers_share_one_port_and_a_taken_port_is_refused() {

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use kube::client::Body;
 use kube::runtime::watcher::{self, Event};
 use serde::Serialize;
@@ -35,13 +34,16 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 /// Live heap bytes, when the binary installs [`Counting`] as its allocator.
 pub static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// The most live heap bytes at any moment.
+pub static PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// mimalloc, counting live bytes.
 pub struct Counting;
 
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        let live = LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed) + layout.size() as u64;
+        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
@@ -51,7 +53,8 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        let live = LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed) + new_size as u64;
+        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: as above.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
@@ -63,23 +66,28 @@ const POLICIES_PER_NAMESPACE: usize = 10;
 /// No write for this long, with every policy Ready, is convergence.
 const QUIET: Duration = Duration::from_secs(1);
 
-type Feed<K> = UnboundedSender<Result<Event<K>, watcher::Error>>;
+/// A watch stream's wire: objects travel as JSON and are decoded when the controller polls
+/// the stream, as kube decodes a watch body. (Queueing decoded objects would charge the
+/// controller for a backlog that a real watch keeps in the socket and the API server.)
+type Feed = UnboundedSender<Event<Box<[u8]>>>;
 
 struct Feeds {
-    policies: Feed<AuthPolicy>,
-    routes: Feed<HTTPRoute>,
-    services: Feed<Service>,
-    deployments: Feed<Deployment>,
-    secrets: Feed<Secret>,
+    policies: Feed,
+    routes: Feed,
+    services: Feed,
+    deployments: Feed,
+    secrets: Feed,
 }
 
-/// The simulated API server's objects.
+/// The simulated API server's objects. Services and Deployments are kept as JSON, as the
+/// API server keeps them in etcd: typed copies of 5,000 of each would weigh more than the
+/// controller being measured.
 #[derive(Default)]
 struct World {
     policies: BTreeMap<ObjKey, AuthPolicy>,
     routes: BTreeMap<ObjKey, HTTPRoute>,
-    services: BTreeMap<ObjKey, Service>,
-    deployments: BTreeMap<ObjKey, Deployment>,
+    services: BTreeMap<ObjKey, Box<[u8]>>,
+    deployments: BTreeMap<ObjKey, Box<[u8]>>,
     secrets: BTreeMap<ObjKey, Secret>,
 }
 
@@ -101,6 +109,14 @@ fn to_value<T: Serialize>(t: &T) -> Value {
 
 fn from_value<T: DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("a well-formed object")
+}
+
+fn from_json<T: DeserializeOwned>(b: &[u8]) -> T {
+    serde_json::from_slice(b).expect("a well-formed object")
+}
+
+fn json_bytes(v: &Value) -> Box<[u8]> {
+    serde_json::to_vec(v).expect("objects serialize").into()
 }
 
 /// A JSON merge patch (RFC 7386), what `Patch::Merge` sends: objects merge, `null`
@@ -166,7 +182,7 @@ impl ApiServer {
                 merge_patch(&mut v, &patch);
                 v["metadata"]["resourceVersion"] = json!(self.next_version());
                 *p = from_value(v.clone());
-                let _ = self.feeds.policies.send(Ok(Event::Apply(p.clone())));
+                let _ = self.feeds.policies.send(Event::Apply(json_bytes(&v)));
                 self.wrote(if is_status { "AuthPolicy/status" } else { "AuthPolicy/patch" });
                 (StatusCode::OK, v)
             }
@@ -195,7 +211,7 @@ impl ApiServer {
                 v["metadata"]["resourceVersion"] = json!(self.next_version());
                 let secret: Secret = from_value(v.clone());
                 world.secrets.insert(key, secret.clone());
-                let _ = self.feeds.secrets.send(Ok(Event::Apply(secret)));
+                let _ = self.feeds.secrets.send(Event::Apply(json_bytes(&v)));
                 self.wrote("Secret/create");
                 (StatusCode::CREATED, v)
             }
@@ -203,7 +219,7 @@ impl ApiServer {
                 let Some(d) = world.deployments.get_mut(&ObjKey::new(*ns, *name)) else {
                     return status(404, "NotFound");
                 };
-                let before = to_value(&*d);
+                let before: Value = from_json(d);
                 let mut v = before.clone();
                 merge::merge(&mut v, body);
                 if v["spec"] != before["spec"] {
@@ -215,8 +231,8 @@ impl ApiServer {
                     v["status"]["availableReplicas"] = v["spec"]["replicas"].clone();
                 }
                 v["metadata"]["resourceVersion"] = json!(self.next_version());
-                *d = from_value(v.clone());
-                let _ = self.feeds.deployments.send(Ok(Event::Apply(d.clone())));
+                *d = json_bytes(&v);
+                let _ = self.feeds.deployments.send(Event::Apply(json_bytes(&v)));
                 self.wrote("Deployment/apply");
                 (StatusCode::OK, v)
             }
@@ -224,11 +240,11 @@ impl ApiServer {
                 let Some(s) = world.services.get_mut(&ObjKey::new(*ns, *name)) else {
                     return status(404, "NotFound");
                 };
-                let mut v = to_value(&*s);
+                let mut v: Value = from_json(s);
                 merge::merge(&mut v, body);
                 v["metadata"]["resourceVersion"] = json!(self.next_version());
-                *s = from_value(v.clone());
-                let _ = self.feeds.services.send(Ok(Event::Apply(s.clone())));
+                *s = json_bytes(&v);
+                let _ = self.feeds.services.send(Event::Apply(json_bytes(&v)));
                 self.wrote("Service/apply");
                 (StatusCode::OK, v)
             }
@@ -243,18 +259,21 @@ impl ApiServer {
     /// Every watch relists, as after a watch restart: Init, every object, InitDone.
     fn relist(&self) {
         let world = self.world.lock().unwrap();
-        fn feed<K: Clone>(tx: &Feed<K>, objects: &BTreeMap<ObjKey, K>) {
-            let _ = tx.send(Ok(Event::Init));
-            for o in objects.values() {
-                let _ = tx.send(Ok(Event::InitApply(o.clone())));
+        fn feed(tx: &Feed, objects: impl Iterator<Item = Box<[u8]>>) {
+            let _ = tx.send(Event::Init);
+            for o in objects {
+                let _ = tx.send(Event::InitApply(o));
             }
-            let _ = tx.send(Ok(Event::InitDone));
+            let _ = tx.send(Event::InitDone);
         }
-        feed(&self.feeds.policies, &world.policies);
-        feed(&self.feeds.routes, &world.routes);
-        feed(&self.feeds.services, &world.services);
-        feed(&self.feeds.deployments, &world.deployments);
-        feed(&self.feeds.secrets, &world.secrets);
+        fn typed<K: Serialize>(objects: &BTreeMap<ObjKey, K>) -> impl Iterator<Item = Box<[u8]>> + '_ {
+            objects.values().map(|o| json_bytes(&to_value(o)))
+        }
+        feed(&self.feeds.policies, typed(&world.policies));
+        feed(&self.feeds.routes, typed(&world.routes));
+        feed(&self.feeds.services, world.services.values().cloned());
+        feed(&self.feeds.deployments, world.deployments.values().cloned());
+        feed(&self.feeds.secrets, typed(&world.secrets));
     }
 
     fn ready_policies(&self) -> usize {
@@ -298,13 +317,13 @@ fn world(policies: usize) -> World {
         w.policies.insert(ObjKey::of(&policy), policy);
         for b in 0..BACKENDS {
             let name = format!("{app}-{b}");
-            let service: Service = from_value(json!({
+            let service = json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
                 "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]},
-            }));
-            w.services.insert(ObjKey::of(&service), service);
-            let deployment: Deployment = from_value(json!({
+            });
+            w.services.insert(ObjKey::new(&ns, &name), json_bytes(&service));
+            let deployment = json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name, "namespace": ns, "generation": 1, "resourceVersion": "1"},
                 "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": {
@@ -313,8 +332,8 @@ fn world(policies: usize) -> World {
                         "ports": [{"name": "http", "containerPort": 8080}],
                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}},
                 "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
-            }));
-            w.deployments.insert(ObjKey::of(&deployment), deployment);
+            });
+            w.deployments.insert(ObjKey::new(&ns, &name), json_bytes(&deployment));
         }
     }
     w
@@ -374,8 +393,7 @@ async fn wait_quiet(api: &ApiServer, done: impl Fn() -> bool, limit: Duration) -
 pub async fn scale_run(policies: usize) -> Value {
     let w = world(policies);
     let (objects_kib, rss_world_kib) = {
-        let bytes: usize = w.deployments.values().map(|d| serde_json::to_vec(d).unwrap().len()).sum::<usize>()
-            + w.services.values().map(|s| serde_json::to_vec(s).unwrap().len()).sum::<usize>();
+        let bytes: usize = w.deployments.values().chain(w.services.values()).map(|o| o.len()).sum();
         (bytes / 1024, peak_rss_kib())
     };
 
@@ -417,10 +435,19 @@ pub async fn scale_run(policies: usize) -> Value {
         }
     });
 
-    fn stream<K: Send + 'static>(
-        rx: tokio::sync::mpsc::UnboundedReceiver<Result<Event<K>, watcher::Error>>,
+    fn stream<K: DeserializeOwned + Send + 'static>(
+        rx: tokio::sync::mpsc::UnboundedReceiver<Event<Box<[u8]>>>,
     ) -> impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static {
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            let event = match rx.recv().await? {
+                Event::Apply(o) => Event::Apply(from_json(&o)),
+                Event::Delete(o) => Event::Delete(from_json(&o)),
+                Event::Init => Event::Init,
+                Event::InitApply(o) => Event::InitApply(from_json(&o)),
+                Event::InitDone => Event::InitDone,
+            };
+            Some((Ok(event), rx))
+        })
     }
     let sources = Sources {
         policies: stream(prx),
@@ -443,6 +470,8 @@ pub async fn scale_run(policies: usize) -> Value {
 
     // Cold start: every watch lists its objects, then the controller converges.
     let started = Instant::now();
+    let world_heap_kib = LIVE_BYTES.load(Ordering::Relaxed) / 1024;
+    PEAK_BYTES.store(0, Ordering::Relaxed);
     api.relist();
     let converged = wait_quiet(
         &api,
@@ -486,13 +515,6 @@ pub async fn scale_run(policies: usize) -> Value {
 
     // The controller's own steady state: drop the simulated server's copies of everything
     // (mimalloc returns freed pages to the OS after about a second).
-    let cached_deployments_json_kib = cache
-        .deployments
-        .state()
-        .iter()
-        .map(|d| serde_json::to_vec(d.as_ref()).map_or(0, |v| v.len()))
-        .sum::<usize>()
-        / 1024;
     let ready = api.ready_policies();
     *api.world.lock().unwrap() = World::default();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -528,9 +550,7 @@ pub async fn scale_run(policies: usize) -> Value {
             "world_objects_kib": objects_kib,
             "controller_rss_kib": controller_rss_kib,
             "controller_heap_kib": controller_heap_kib,
-            "cached_deployments_json_kib": cached_deployments_json_kib,
-            "deployment_struct_bytes": std::mem::size_of::<Deployment>(),
-            "container_struct_bytes": std::mem::size_of::<k8s_openapi::api::core::v1::Container>(),
-            "volume_struct_bytes": std::mem::size_of::<k8s_openapi::api::core::v1::Volume>(),
+            "peak_heap_kib": PEAK_BYTES.load(Ordering::Relaxed) / 1024,
+            "world_heap_kib": world_heap_kib,
     })
 }
