@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images bench clean
+.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images bench fuzz clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
 demo:
@@ -19,6 +19,7 @@ test: setup fmt-check lint
 	tests/k8s/validate.sh
 	scripts/dist.sh
 	tests/dist_test.sh
+	FUZZ_SECONDS=10 scripts/fuzz.sh
 
 setup:
 	@tests/setup.sh
@@ -58,6 +59,10 @@ validate: setup
 ## bench: sidekey-proxy vs nginx and the direct path with wrk, written to BENCHMARKS.md
 bench:
 	bench/run.sh
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 120) each
+fuzz:
+	scripts/fuzz.sh
 
 ## dist: static release binaries in dist/linux-<arch>/ (what the images copy)
 dist:

@@ -84,6 +84,25 @@ impl Origin {
     /// nothing downstream (routing, rules, the upstream app) can be fooled by them.
     pub fn read(headers: &mut HeaderMap, peer: IpAddr, listener_scheme: &'static str, policy: &TrustPolicy) -> Origin {
         let trusted = policy.trusts(peer);
+        // `X_Forwarded_Host` is `X-Forwarded-Host` to CGI, WSGI and Rack apps. No front end
+        // sends such spellings (nginx drops them by default), so they go from every peer:
+        // an app must never see a second, unchecked copy of a forwarding header.
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| {
+                n.as_str().contains('_') && {
+                    let dashed = n.as_str().replace('_', "-");
+                    FORWARDING_HEADERS.contains(&dashed.as_str())
+                        || dashed == "x-forwarded-for"
+                        || dashed == "x-real-ip"
+                        || dashed == policy.client_ip_header.as_str()
+                }
+            })
+            .cloned()
+            .collect();
+        for name in underscored {
+            headers.remove(&name);
+        }
         if !trusted {
             for name in FORWARDING_HEADERS {
                 headers.remove(*name);

@@ -53,7 +53,12 @@ impl RedirectPolicy {
         // some browser, proxy or app along the way may decode once more.
         let mut decoded = target.to_string();
         for _ in 0..3 {
-            let next = percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+            // A bare `%`, a `%u002f` (IIS) or an escape that is not UTF-8 (`%C0%AF`, an
+            // overlong `/`) means something else to some decoder along the way.
+            if !well_formed_escapes(&decoded) {
+                return None;
+            }
+            let next = percent_decode_str(&decoded).decode_utf8().ok()?.into_owned();
             if next == decoded {
                 break;
             }
@@ -92,11 +97,29 @@ impl RedirectPolicy {
         if authority.is_empty() || authority.contains('@') {
             return None; // `https:///evil` and userinfo tricks
         }
+        // A host as typed is ASCII (browsers send punycode). Unicode and percent-encoded
+        // hosts are normalized by IDNA in ways that differ between parsers (`ｅxample．com`,
+        // soft hyphens, `%2f`); refusing them outright is the fail-closed choice.
+        if !authority.is_ascii() || authority.contains('%') {
+            return None;
+        }
         let url = Url::parse(target).ok()?;
         if !url.username().is_empty() || url.password().is_some() {
             return None;
         }
-        let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
+        // One trailing dot is the same host (`example.com.`); empty labels are no host at
+        // all (`x..example.com......`), whatever a lenient resolver makes of them.
+        let raw_host = url.host_str()?.to_ascii_lowercase();
+        let host = raw_host.strip_suffix('.').unwrap_or(&raw_host).to_string();
+        if host.is_empty() || host.starts_with('.') || host.contains("..") {
+            return None;
+        }
+        // Letters, digits, `-`, `_` and dots, or an IP literal: `evil.com;.example.com`
+        // parses as one host to some parsers and ends with `.example.com`.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if !host.bytes().all(plain) && !matches!(url.host(), Some(url::Host::Ipv6(_))) {
+            return None;
+        }
         let port = url.port();
         let allowed = self.whitelist.iter().any(|(domain, subdomains, rule)| {
             let host_ok = if *subdomains {
@@ -126,7 +149,23 @@ fn has_forbidden_decoded(s: &str) -> bool {
 }
 
 fn has_forbidden_char(c: char) -> bool {
-    c.is_control() || c == '\\' || c == '\u{feff}' || c == '\u{2028}' || c == '\u{2029}'
+    c.is_control() || c == '\\' || c == '\u{2028}' || c == '\u{2029}' || invisible(c)
+}
+
+/// Format characters that render as nothing (zero-width spaces and joiners, bidi controls,
+/// the soft hyphen, the BOM): `/\u{200b}/evil.com` looks like `//evil.com` to a reader and
+/// to some normalizers.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Every `%` starts a two-digit hex escape.
+fn well_formed_escapes(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'%')
+        .all(|(i, _)| b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
 }
 
 /// `//x`, `/ /x`, `/./x`, `/../x`: browsers (and some servers) read these as another host
@@ -214,6 +253,18 @@ mod tests {
             "/../evil.com",
             "/%20/evil.com",
             "/%2e%2e/evil.com",
+            "/%C0%AFevil.com",
+            "/%e0%80%af/evil.com",
+            "/%u002f/evil.com",
+            "/50%",
+            "https://evil.com;.example.com/",
+            "/\u{200b}/evil.com",
+            "/%e2%80%8b/evil.com",
+            "https://ｅxample.com/",
+            "https://app.example.com%2f/",
+            "https://aphexaP..7....p.cmpl.....example.com....../...p.comttp.8#4P",
+            "https://app..example.com/",
+            "https://app.example.com../",
         ];
         for b in bad {
             assert_eq!(p.validate(b), None, "{b:?} accepted");
