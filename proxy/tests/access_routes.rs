@@ -5,12 +5,6 @@
 mod support;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn dead_issuer() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
 
 async fn proxy() -> (Proxy, Upstream) {
     let upstream = Upstream::start().await;
@@ -27,16 +21,8 @@ async fn proxy() -> (Proxy, Upstream) {
     (Proxy::start(Proxy::bind().await, &args).await, upstream)
 }
 
-/// Sends one raw request; returns the status and the body.
 async fn raw(proxy: &Proxy, method: &str, target: &str, headers: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let req = format!("{method} {target} HTTP/1.1\r\nHost: app.example.com\r\nAccept: text/html\r\n{headers}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    raw_http(proxy.addr, method, target, headers).await
 }
 
 /// What the upstream saw, for requests the proxy let through.

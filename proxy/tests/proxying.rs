@@ -7,22 +7,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use sidekey_proxy::session::Session;
-use sidekey_proxy::session::codec::{Purpose, Sealer};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An issuer nobody listens on: these tests never log in.
-fn dead_issuer() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
-
 fn session_cookie() -> String {
-    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_secs();
     let s = Session {
         user: "alice@example.com".into(),
         email: "alice@example.com".into(),
@@ -32,7 +21,7 @@ fn session_cookie() -> String {
         expires_at: now + 3600,
         ..Session::default()
     };
-    format!("_oauth2_proxy={}", Sealer::new(&secret, Purpose::Session).seal("_oauth2_proxy", &s))
+    format!("_oauth2_proxy={}", seal_session(&s))
 }
 
 async fn proxy_for(upstreams: &[&str]) -> Proxy {

@@ -7,24 +7,13 @@ mod support;
 
 use sidekey_proxy::headers::IDENTITY_HEADERS;
 use sidekey_proxy::session::Session;
-use sidekey_proxy::session::codec::{Purpose, Sealer};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPOOF: &str = "spoofed-by-client";
 
-fn dead_issuer() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
-
 fn sealed_session() -> String {
-    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let s = Session {
+    let now = now_secs();
+    seal_session(&Session {
         user: "alice".into(),
         email: "alice@example.com".into(),
         preferred_username: "alice".into(),
@@ -34,8 +23,7 @@ fn sealed_session() -> String {
         created_at: now,
         expires_at: now + 3600,
         ..Session::default()
-    };
-    Sealer::new(&secret, Purpose::Session).seal("_oauth2_proxy", &s)
+    })
 }
 
 /// A proxy that sets every identity header it can, behind a front end it does not trust
@@ -57,14 +45,7 @@ async fn proxy() -> (Proxy, Upstream) {
 }
 
 async fn raw(proxy: &Proxy, head: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let req = format!("GET /app HTTP/1.1\r\nHost: app.example.com\r\n{head}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    raw_http(proxy.addr, "GET", "/app", head).await
 }
 
 fn upstream_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {

@@ -579,3 +579,33 @@ pub fn tls_files(dir: &std::path::Path, serial_name: &str) -> (PathBuf, PathBuf,
     ]);
     (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
+
+/// An issuer nobody listens on, for tests that never log in.
+pub fn dead_issuer() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+/// `s` sealed as the test proxy's session cookie value (the test knows the cookie secret).
+pub fn seal_session(s: &sidekey_proxy::session::Session) -> String {
+    use sidekey_proxy::session::codec::{Purpose, Sealer};
+    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
+    Sealer::new(&secret, Purpose::Session).seal("_oauth2_proxy", s)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// One raw HTTP/1.1 request (no client library normalizes it first); the status and body.
+pub async fn raw_http(addr: SocketAddr, method: &str, target: &str, headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {target} HTTP/1.1\r\nHost: app.example.com\r\nAccept: text/html\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
