@@ -52,10 +52,11 @@ impl RedirectPolicy {
         // Encoded tricks (`%2F%2F`, `%5C`, `%09`, double encoding) are refused outright:
         // some browser, proxy or app along the way may decode once more.
         let mut decoded = target.to_string();
-        for _ in 0..3 {
-            // A bare `%`, a `%u002f` (IIS) or an escape that is not UTF-8 (`%C0%AF`, an
-            // overlong `/`) means something else to some decoder along the way.
-            if !well_formed_escapes(&decoded) {
+        for round in 0..3 {
+            // A bare `%` as sent, a `%u002f` (IIS) at any depth, or an escape that is not
+            // UTF-8 (`%C0%AF`, an overlong `/`) means something else to some decoder along
+            // the way. (A decoded `%25` is a plain percent sign: `/search?q=100%25`.)
+            if (round == 0 && !well_formed_escapes(&decoded)) || decoded.to_ascii_lowercase().contains("%u") {
                 return None;
             }
             let next = percent_decode_str(&decoded).decode_utf8().ok()?.into_owned();
@@ -193,7 +194,7 @@ mod tests {
     #[test]
     fn accepts_local_paths_and_whitelisted_hosts() {
         let p = policy();
-        for ok in ["/", "/app", "/app/x?y=1#frag", "/a/b%20c", "/search?q=a%2Fb"] {
+        for ok in ["/", "/app", "/app/x?y=1#frag", "/a/b%20c", "/search?q=a%2Fb", "/search?q=100%25"] {
             assert_eq!(p.validate(ok).as_deref(), Some(ok), "{ok}");
         }
         assert_eq!(p.validate("https://example.com/x").as_deref(), Some("https://example.com/x"));
@@ -256,6 +257,7 @@ mod tests {
             "/%C0%AFevil.com",
             "/%e0%80%af/evil.com",
             "/%u002f/evil.com",
+            "/%25u002f/evil.com",
             "/50%",
             "https://evil.com;.example.com/",
             "/\u{200b}/evil.com",

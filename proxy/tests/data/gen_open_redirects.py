@@ -106,7 +106,7 @@ for raw in ["//evil.com", "/\\evil.com", "/\t/evil.com", "\\\\evil.com", "https:
 add(
     "double and triple encoding",
     "/%2F/evil.com", "/%252F/evil.com", "/%25252F/evil.com", "/%5Cevil.com", "/%255Cevil.com", "/%25255Cevil.com",
-    "%2F%2Fevil.com", "%252F%252Fevil.com", "/%2f%2fevil.com", "/%252f%252fevil.com", "/%u002f/evil.com", "/%C0%AFevil.com",
+    "%2F%2Fevil.com", "%252F%252Fevil.com", "/%2f%2fevil.com", "/%252f%252fevil.com", "/%u002f/evil.com", "/%25u002f/evil.com", "/%C0%AFevil.com",
     "/%c0%ae%c0%ae/evil.com", "/%e0%80%af/evil.com",
 )
 
@@ -143,7 +143,7 @@ with open(here / "open_redirects.jsonl", "w") as f:
 good = [
     "/", "/app", "/app/x?y=1#frag", "/a/b%20c", "/search?q=a%2Fb", "/My%20Files/report.pdf", "/?rd=%2Fx",
     "https://example.com/", "https://app.example.com/x?y=1", "https://deep.app.example.com/", "HTTPS://APP.EXAMPLE.COM/x",
-    "https://exact.org:8443/", "http://app.example.com/",
+    "https://exact.org:8443/", "http://app.example.com/", "/search?q=100%25",
 ]
 with open(here / "good_redirects.jsonl", "w") as f:
     for g in good:
