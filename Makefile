@@ -15,7 +15,7 @@ demo:
 test: setup fmt-check lint
 	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	scripts/demo.sh --smoke
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --exclude sidekey-fuzz
 	tests/k8s/validate.sh
 	scripts/dist.sh
 	tests/dist_test.sh
