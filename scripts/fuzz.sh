@@ -35,6 +35,6 @@ for t in $targets; do
   "${fuzz[@]}" "$t" "$corpus/$t" "fuzz/seeds/$t" -- \
     -max_total_time="$seconds" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"$corpus/$t.log" \
     || { tail -n 40 "$corpus/$t.log" >&2; echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/" >&2; exit 1; }
-  grep -E '^stat::number_of_executed_runs|^stat::peak_rss_mb' "$corpus/$t.log" | sed "s/^/fuzz: $t /" >&2
+  grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$corpus/$t.log" | sed "s/^/fuzz: $t /" >&2
 done
 echo "fuzz: every target ran ${seconds}s without a crash" >&2
