@@ -615,6 +615,17 @@ impl Oidc {
             other => OidcError::InvalidIdToken(other.to_string()),
         })?;
         let claims = decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
+        // openidconnect checks `exp` only; a token from the future is as wrong as an expired one.
+        let latest = unix((self.clock)() + CLOCK_SKEW);
+        for claim in ["nbf", "iat"] {
+            if let Some(t) = claims.get(claim).and_then(|v| v.as_f64())
+                && t > latest as f64
+            {
+                return Err(OidcError::InvalidIdToken(format!(
+                    "token is not yet valid ({claim} is in the future)"
+                )));
+            }
+        }
         if let Some(e) = &self.cfg.entra {
             let text = |k: &str| claims.get(k).and_then(|v| v.as_str());
             e.check_token_issuer(text("iss").unwrap_or(""), text("tid"))
@@ -821,6 +832,8 @@ mod tests {
             ),
             ("untrusted azp", rs256(&claims(serde_json::json!({"azp": "other-app"})))),
             ("expired beyond the skew", rs256(&claims(serde_json::json!({"exp": now() - 60})))),
+            ("not yet valid", rs256(&claims(serde_json::json!({"nbf": now() + 120})))),
+            ("issued in the future", rs256(&claims(serde_json::json!({"iat": now() + 120})))),
             ("wrong nonce", rs256(&claims(serde_json::json!({"nonce": "n2"})))),
             ("missing nonce", rs256(&claims(serde_json::json!({"nonce": null})))),
             (
@@ -867,6 +880,8 @@ mod tests {
         assert!(verify(&o, &rs256(&claims(serde_json::json!({"azp": "api://shared"})))).is_ok());
         // Expired 10 s ago: within the 30 s clock skew.
         assert!(verify(&o, &rs256(&claims(serde_json::json!({"exp": now() - 10})))).is_ok());
+        // Issued by a clock 10 s ahead of ours: within the skew too.
+        assert!(verify(&o, &rs256(&claims(serde_json::json!({"iat": now() + 10, "nbf": now() + 10})))).is_ok());
     }
 
     #[test]

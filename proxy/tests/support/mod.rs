@@ -22,6 +22,10 @@ use sidekey_proxy::config::{Config, load};
 use sidekey_proxy::oidc::Clock;
 use tokio::net::TcpListener;
 
+mod scripted_idp;
+#[allow(unused_imports)] // not every test binary uses it
+pub use scripted_idp::*;
+
 pub const COOKIE_SECRET: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E=";
 pub const CLIENT_ID: &str = "sidekey-test";
 pub const CLIENT_SECRET: &str = "sidekey-test-secret";
