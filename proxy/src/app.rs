@@ -329,10 +329,7 @@ impl App {
             (req.method().clone(), path, pq)
         };
         if self.cfg.routes.skips(&method, &rule_path) {
-            let h = req.headers_mut();
-            for name in routes::METHOD_OVERRIDE_HEADERS {
-                h.remove(*name);
-            }
+            headers::remove_all_spellings(req.headers_mut(), routes::METHOD_OVERRIDE_HEADERS);
             metrics::decision("skipped");
             return self.forward_unauthenticated(req, cx).await;
         }

@@ -49,6 +49,18 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, cfg: &HeaderConfig) {
     }
 }
 
+/// Removes `names` in every spelling an app framework would read as them.
+pub fn remove_all_spellings(headers: &mut HeaderMap, names: &[&str]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| names.iter().any(|c| same_header(name.as_str(), c)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
 fn value(text: &str) -> Option<HeaderValue> {
     // A claim with characters a header cannot carry is dropped, never sent mangled.
     (!text.is_empty()).then(|| HeaderValue::from_str(text).ok()).flatten()

@@ -24,6 +24,7 @@ pub mod entra;
 pub mod forwarded;
 pub mod headers;
 pub mod http_client;
+pub mod idle_timeout;
 pub mod logging;
 pub mod metrics;
 pub mod oidc;

@@ -38,6 +38,9 @@ fn main() -> ExitCode {
     for w in &invocation.values.warnings {
         tracing::warn!("{w}");
     }
+    if let Some((from, to)) = raise_open_file_limit() {
+        tracing::debug!(from, to, "raised the open-file soft limit to the hard limit");
+    }
     server::on_idle(|| {
         // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own structures
         // for the calling thread (and, forced, returns every free page it can to the OS).
@@ -66,6 +69,22 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Every proxied request holds two sockets, so the common soft limit of 1024 open files caps
+/// a proxy at a few hundred clients. Raise the soft limit to the hard one, as Go's runtime
+/// and nginx's `worker_rlimit_nofile` do; the hard limit stays the operator's choice.
+fn raise_open_file_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return None;
+        }
+        let from = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0).then_some((from, lim.rlim_max))
+    }
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {

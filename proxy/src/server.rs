@@ -18,19 +18,25 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::idle_timeout::{self, Activity, Tracked};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must finish sending its request headers this soon (slowloris defence).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A kept-alive connection that moves no byte for this long is closed (nginx's
+/// `keepalive_timeout` is 75 s); a request in flight still gets its answer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A TLS handshake that takes longer is a slowloris, not a client.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request line plus headers; oversize requests get 431.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// A worker with no connection for this long hands its free memory back (see [`on_idle`]).
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
@@ -153,7 +159,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// Serves `listener` until `shutdown`; with `tls`, every connection is a TLS connection.
 pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
     let builder = Arc::new(builder());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let scheme: &'static str = if tls.is_some() { "https" } else { "http" };
     let trimmer = IDLE_HOOK.get().map(|hook| tokio::spawn(trim_when_idle(*hook)));
     tokio::pin!(shutdown);
@@ -171,50 +178,75 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer, scheme).await) }
-        });
-        match &tls {
-            None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                let open = Open::new();
-                tokio::spawn(async move {
-                    let _open = open;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection closed with error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let open = Open::new();
-                tokio::spawn(async move {
-                    let _open = open;
+        let (app, builder, tls, stop) = (app.clone(), builder.clone(), tls.clone(), stop.clone());
+        let open = Open::new();
+        connections.spawn(async move {
+            let _open = open;
+            let activity = Activity::new();
+            let stream = Tracked::new(stream, activity.clone());
+            match tls {
+                None => serve_connection(&builder, stream, app, peer, scheme, &activity, &stop).await,
+                Some(acceptor) => {
                     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection closed with error");
-                    }
-                });
+                    serve_connection(&builder, stream, app, peer, scheme, &activity, &stop).await
+                }
             }
-        }
+        });
     }
     drop(listener);
     if let Some(t) = trimmer {
         t.abort();
     }
     tracing::info!(scheme, "shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    }
+}
+
+/// Serves one connection until it closes. On shutdown, or once the client has been silent
+/// too long, it is shut down gracefully: no new requests, the one in flight answered.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: Arc<App>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    activity: &Activity,
+    stop: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(req, peer, scheme).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection closed with error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle_timeout::expired(activity, HEADER_READ_TIMEOUT, IDLE_TIMEOUT), if !closing => {
+                closing = true;
+                tracing::debug!("closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

@@ -71,6 +71,70 @@ async fn skip_auth_routes_let_through_exactly_what_they_name() {
 }
 
 #[tokio::test]
+async fn method_override_headers_neither_widen_a_rule_nor_reach_the_app() {
+    let (p, _u) = proxy().await;
+    // Rules match the request's real method; an override header cannot turn a refused
+    // POST into the GET the rule allows.
+    for h in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "x_http_method_override",
+    ] {
+        let (status, _) = raw(&p, "POST", "/public/x", &format!("{h}: GET\r\nContent-Length: 0\r\n")).await;
+        assert_eq!(status, 403, "POST with {h}: GET");
+    }
+    // A method the rule allows, asking the app to treat it as the one it refuses: the
+    // override never reaches the app, in any spelling.
+    let (status, body) = raw(
+        &p,
+        "PUT",
+        "/hooks",
+        "X-HTTP-Method-Override: POST\r\nX_HTTP_Method_Override: POST\r\nx-http-method: POST\r\nX_Method_Override: POST\r\nContent-Length: 0\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v = upstream_view(&body);
+    assert_eq!(v["method"], "PUT");
+    let seen: Vec<&String> = v["headers"].as_object().unwrap().keys().collect();
+    assert!(
+        !seen.iter().any(|h| h.replace('_', "-").contains("method")),
+        "an override header reached the app: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn trailing_dots_and_dot_runs_are_matched_as_the_app_will_see_them() {
+    let (p, _u) = proxy().await;
+    // What the rule matched is exactly what the upstream receives.
+    for (target, seen) in [
+        ("/public/x/..", "/public/"),
+        ("/public/...", "/public/..."),
+        ("/public/%2e%2e./x", "/public/.../x"),
+        ("/public/x.", "/public/x."),
+    ] {
+        let (status, body) = raw(&p, "GET", target, "").await;
+        assert_eq!(status, 200, "{target}: {body}");
+        assert_eq!(upstream_view(&body)["uri"], seen, "{target}");
+    }
+    // Dots that some servers strip (IIS drops trailing dots from segments) never make a
+    // protected path public, and `.`/`..` in any encoding leave the public prefix.
+    for target in [
+        "/public./x",
+        "/public../x",
+        "/public/x/../../private",
+        "/public/.%2e/private",
+        "/public/%2e./private",
+        "/public/%2E%2e/private.",
+        "/public/x/%2e%2e/%2e%2e/private",
+        "/.public/x",
+    ] {
+        let (status, body) = raw(&p, "GET", target, "").await;
+        assert_eq!(status, 403, "{target} must need a login: {body}");
+    }
+}
+
+#[tokio::test]
 async fn smuggled_paths_do_not_skip_authentication() {
     let (p, _u) = proxy().await;
     for target in [

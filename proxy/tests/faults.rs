@@ -1,0 +1,308 @@
+//! Faults the proxy must ride out: slowloris clients, ten thousand idle connections, an
+//! upstream that resets or abandons connections, SIGTERM in the middle of load. Each with
+//! the outcome the design promises. Sessions are sealed by the test (it knows the cookie
+//! secret), so no identity provider is involved.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sidekey_proxy::server::HEADER_READ_TIMEOUT;
+use sidekey_proxy::session::Session;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidekey-proxy");
+
+fn session_cookie() -> String {
+    let now = now_secs();
+    let s = Session {
+        user: "alice@example.com".into(),
+        email: "alice@example.com".into(),
+        created_at: now,
+        expires_at: now + 3600,
+        ..Session::default()
+    };
+    format!("_oauth2_proxy={}", seal_session(&s))
+}
+
+async fn signed_in_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new().get(url).header("cookie", session_cookie()).send().await
+}
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
+    let began = Instant::now();
+    let mut drips = Vec::new();
+    for i in 0..200 {
+        let addr = proxy.addr;
+        drips.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n").await.unwrap();
+            // One header byte a second, never finishing: a connection a thread-per-client
+            // server would lose forever.
+            let (mut r, mut w) = s.into_split();
+            let drip = tokio::spawn(async move {
+                for _ in 0..60 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if w.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut out = Vec::new();
+            let _ = r.read_to_end(&mut out).await;
+            drip.abort();
+            (began.elapsed(), String::from_utf8_lossy(&out).into_owned())
+        }));
+    }
+    // Meanwhile real clients are served at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let resp = signed_in_get(&format!("{}/page", proxy.url)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "served despite 200 slow clients");
+    }
+    for d in drips {
+        let (closed_after, answer) = d.await.unwrap();
+        assert!(
+            closed_after >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && closed_after < HEADER_READ_TIMEOUT + Duration::from_secs(4),
+            "cut at the header read timeout, not {closed_after:?}"
+        );
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+/// Raises this process's open-file limit (inherited by the proxy it spawns) to `want`.
+fn allow_open_files(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain struct in, plain struct out.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.max(lim.rlim_cur);
+            lim.rlim_max = lim.rlim_max.max(want);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+                0,
+                "this test needs {want} open files: run as root or raise `ulimit -Hn`"
+            );
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+struct Binary(Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn spawn_binary(upstream: &str, extra: &[&str]) -> (Binary, String) {
+    let port = free_port();
+    let mut args = Proxy::args(&dead_issuer(), upstream, extra);
+    args.push(format!("--http-address=127.0.0.1:{port}"));
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the proxy to listen", Duration::from_secs(20), || async {
+        reqwest::get(format!("{url}/ping")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    (Binary(child), url)
+}
+
+/// Per idle connection the proxy may hold at most this much memory (a debug build measures
+/// about 5.5 KiB: the connection task, its timer and the socket registration).
+const IDLE_CONNECTION_BUDGET_KIB: u64 = 8;
+
+#[tokio::test]
+async fn ten_thousand_idle_connections_cost_bounded_memory_and_are_reaped() {
+    const N: usize = 10_000;
+    allow_open_files(N as u64 + 1024);
+    let upstream = Upstream::start().await;
+    let (proxy, url) = spawn_binary(&upstream.url, &[]).await;
+    let pid = proxy.0.id();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let before = rss_kib(pid);
+
+    let mut idle = Vec::with_capacity(N);
+    for _ in 0..N {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("the proxy to accept every connection", Duration::from_secs(20), || async {
+        open_fds(pid) >= N
+    })
+    .await;
+    let held = rss_kib(pid);
+    let per_connection = (held.saturating_sub(before)) as f64 / N as f64;
+    eprintln!("RSS {before} KiB idle, {held} KiB with {N} idle connections: {per_connection:.2} KiB each");
+    assert!(
+        held.saturating_sub(before) < IDLE_CONNECTION_BUDGET_KIB * N as u64,
+        "{per_connection:.2} KiB per idle connection"
+    );
+    // Still serving while they sit there.
+    let t = Instant::now();
+    assert_eq!(signed_in_get(&format!("{url}/page")).await.unwrap().status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    // A connection that never sends a request line is a slowloris too: cut at the header
+    // read timeout, so idle sockets cannot pile up without bound.
+    tokio::time::sleep(HEADER_READ_TIMEOUT + Duration::from_secs(2)).await;
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 64];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, N, "every idle connection is closed by the proxy");
+    drop(idle);
+    eventually("the proxy's sockets to be released", Duration::from_secs(10), || async {
+        open_fds(pid) < 100
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_under_load_lets_in_flight_requests_finish() {
+    let upstream = Upstream::start().await;
+    let (mut proxy, url) = spawn_binary(&upstream.url, &[]).await;
+    const N: usize = 64;
+    let mut inflight = Vec::new();
+    for _ in 0..N {
+        let u = format!("{url}/slow");
+        inflight.push(tokio::spawn(async move { signed_in_get(&u).await.map(|r| r.status().as_u16()) }));
+    }
+    eventually("every request to reach the upstream", Duration::from_secs(10), || async {
+        upstream.seen.lock().unwrap().len() >= N
+    })
+    .await;
+    // Each /slow takes 500 ms upstream: the signal lands while all of them are in flight.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &proxy.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for r in inflight {
+        assert_eq!(r.await.unwrap().unwrap(), 200, "an in-flight request was cut");
+    }
+    let status = tokio::task::spawn_blocking(move || proxy.0.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(reqwest::get(format!("{url}/ping")).await.is_err(), "no longer listening");
+}
+
+/// An upstream that accepts and then either resets the connection (SO_LINGER 0) or reads
+/// the request and closes without an answer.
+async fn hostile_upstream(reset: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if reset {
+                    let _ = s.set_zero_linger();
+                } else {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b).await;
+                }
+                drop(s);
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn resetting_upstreams_give_a_quick_502_and_leak_nothing() {
+    for reset in [true, false] {
+        let upstream = hostile_upstream(reset).await;
+        let (proxy, url) = spawn_binary(&upstream, &[]).await;
+        let pid = proxy.0.id();
+        let fds = open_fds(pid);
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            let resp = client
+                .get(format!("{url}/page"))
+                .header("cookie", session_cookie())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 502, "reset={reset}");
+            assert!(t.elapsed() < Duration::from_secs(1), "reset={reset}: {:?}", t.elapsed());
+        }
+        drop(client);
+        // The proxy's sockets to the client and the upstream are all gone again.
+        eventually("the proxy's sockets to be released", Duration::from_secs(5), || async {
+            open_fds(pid) <= fds
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_vanishing_mid_request_costs_nothing() {
+    let upstream = Upstream::start().await;
+    let (proxy, url) = spawn_binary(&upstream.url, &[]).await;
+    let pid = proxy.0.id();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let fds = open_fds(pid);
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /slow HTTP/1.1\r\nHost: a\r\nCookie: {}\r\n\r\n", session_cookie());
+        s.write_all(req.as_bytes()).await.unwrap();
+        drop(s);
+    }
+    // A body promised and never sent.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {}\r\nContent-Length: 1000000\r\n\r\npartial",
+        session_cookie()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    drop(s);
+    // Kept-alive connections to the upstream may stay pooled; nothing else may.
+    eventually("the proxy's sockets to be released", Duration::from_secs(5), || async {
+        open_fds(pid) <= fds + 8
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut s).await.starts_with("HTTP/1.1 200"));
+}
