@@ -108,6 +108,10 @@ impl Snapshot {
         self.deployments.insert(ObjKey::of(&d), Arc::new(d));
         self
     }
+    pub fn remove_deployment(&mut self, key: &ObjKey) -> &mut Self {
+        self.deployments.remove(key);
+        self
+    }
     pub fn add_secret(&mut self, key: ObjKey, digest: impl Into<String>) -> &mut Self {
         self.secrets.insert(key, digest.into());
         self

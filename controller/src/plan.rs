@@ -25,6 +25,47 @@ pub mod reason {
     pub const READY: &str = "Ready";
     pub const ROLLOUT_PENDING: &str = "RolloutPending";
     pub const TARGETS_NOT_READY: &str = "TargetsNotReady";
+    pub const SERVICE_REVERTED: &str = "ServiceReverted";
+}
+
+/// On a Service we switched: how often someone put its targetPort back, and since when
+/// (JSON `{"count": n, "since": "<RFC 3339>"}`). Kept on the object, so a restarted
+/// controller still knows it is in a fight.
+pub const ANNOTATION_REVERTS: &str = "sidekey.dev/reverts";
+/// Re-switches allowed within [`REVERT_WINDOW`]; one more revert and sidekey stops
+/// re-applying and says why, instead of fighting another tool in a hot loop.
+pub const MAX_RESWITCHES: u32 = 3;
+pub const REVERT_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reverts {
+    count: u32,
+    since: jiff::Timestamp,
+}
+
+/// The revert count including the one just seen: the window restarts once it has passed.
+fn count_revert(svc: &k8s_openapi::api::core::v1::Service, now: jiff::Timestamp) -> Reverts {
+    let previous: Option<Reverts> = svc.annotations().get(ANNOTATION_REVERTS).and_then(|a| serde_json::from_str(a).ok());
+    match previous {
+        Some(r) if now.duration_since(r.since) <= REVERT_WINDOW => Reverts {
+            count: r.count + 1,
+            since: r.since,
+        },
+        _ => Reverts { count: 1, since: now },
+    }
+}
+
+fn fight_message(skey: &ObjKey, r: &Reverts) -> String {
+    format!(
+        "Service {skey}: its targetPort was put back {} times within {} minutes after sidekey switched it to the sidecar; \
+         another tool keeps reverting it (an Argo CD sync or self-heal, Flux, a script). sidekey leaves it alone until {}, \
+         so traffic through this Service reaches the app WITHOUT authentication. Let sidekey own targetPort: for Argo CD, \
+         ignoreDifferences with managedFieldsManagers: [sidekey-controller] and RespectIgnoreDifferences=true \
+         (docs/gitops-argocd.md)",
+        r.count,
+        REVERT_WINDOW.as_mins(),
+        r.since + REVERT_WINDOW
+    )
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -242,14 +283,27 @@ pub fn plan(input: Input<'_>) -> Plan {
         .collect();
     let service_patches = render::service_patches(policy, owned.values());
     let mut protected_services = BTreeSet::new();
-    for (skey, patch) in service_patches {
+    // Services whose switch another tool keeps reverting: left alone for now, never restored.
+    let mut contested: BTreeMap<ObjKey, String> = BTreeMap::new();
+    for (skey, mut patch) in service_patches {
         if !switchable.contains(&skey) {
             continue;
         }
-        let live = cache
-            .service(&skey)
+        let live_svc = cache.service(&skey);
+        let live = live_svc
+            .as_ref()
             .map(|s| serde_json::to_value(s.as_ref()).expect("service serializes"));
         if !live.is_some_and(|l| merge::contains(&l, &patch)) {
+            if let (true, Some(svc)) = (already.contains(&skey), &live_svc) {
+                // We switched it before and it is back: someone reverted our targetPort.
+                let reverts = count_revert(svc, now);
+                if reverts.count > MAX_RESWITCHES {
+                    contested.insert(skey.clone(), fight_message(&skey, &reverts));
+                    continue;
+                }
+                patch["metadata"]["annotations"][ANNOTATION_REVERTS] =
+                    Value::from(serde_json::to_string(&reverts).expect("json serializes"));
+            }
             out.service_applies.push(Apply {
                 key: skey.clone(),
                 body: patch,
@@ -269,6 +323,8 @@ pub fn plan(input: Input<'_>) -> Plan {
             let dkey = ObjKey::new(&svc_key.namespace, dep);
             if protected_services.contains(&svc_key) && ready_workloads.contains(&dkey) {
                 t.state = TargetState::Protected;
+            } else if let Some(msg) = contested.get(&svc_key) {
+                t.message = msg.clone();
             } else {
                 t.message = "waiting for the Deployment to roll out with the sidecar before switching the Service".into();
             }
@@ -277,7 +333,7 @@ pub fn plan(input: Input<'_>) -> Plan {
 
     // Undo what an earlier version of this policy did and no longer wants.
     for (skey, originals) in &patched.services {
-        if !protected_services.contains(skey) {
+        if !protected_services.contains(skey) && !contested.contains_key(skey) {
             out.service_restores.push(Apply {
                 key: skey.clone(),
                 body: render::service_restore_patch(skey, originals),
@@ -335,6 +391,8 @@ pub fn plan(input: Input<'_>) -> Plan {
     let all_protected = !targets.is_empty() && targets.iter().all(|t| t.state == TargetState::Protected);
     let ready = if !accepted.0 {
         (false, accepted.1, accepted.2.clone())
+    } else if let Some(msg) = contested.values().next() {
+        (false, reason::SERVICE_REVERTED, msg.clone())
     } else if all_protected {
         (true, reason::READY, "every target is protected".to_string())
     } else if let Some(t) = targets
@@ -364,6 +422,20 @@ pub fn plan(input: Input<'_>) -> Plan {
                 warning: true,
                 reason: "Conflicted".into(),
                 note: format!("not protecting {note}: an older AuthPolicy already does"),
+            });
+        }
+    }
+    if let Some(msg) = contested.values().next() {
+        let was = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.reason == reason::SERVICE_REVERTED);
+        if !was {
+            out.events.push(EventSpec {
+                warning: true,
+                reason: reason::SERVICE_REVERTED.into(),
+                note: msg.clone(),
             });
         }
     }

@@ -132,6 +132,24 @@ impl Cache for LiveCache {
 /// time, so 16 keep the API busy without that peak.
 pub const RECONCILE_CONCURRENCY: u16 = 16;
 
+/// How often a controller started without Gateway API checks whether it was installed.
+pub const CRD_POLL: Duration = Duration::from_secs(30);
+
+/// Resolves once listing `api` works: its CRD is installed (and served). Other errors (the
+/// API server briefly away) are retried like a 404.
+pub async fn wait_until_installed<K>(api: &Api<K>, every: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    loop {
+        tokio::time::sleep(every).await;
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!(error = %e, "HTTPRoute CRD not available yet"),
+        }
+    }
+}
+
 const DIGEST_KEY: &str = "sidekey.dev/digest";
 
 /// Keeps only a digest of a Secret's data in memory: enough to roll pods on rotation,
@@ -209,11 +227,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => {
             tracing::warn!(
-                "the HTTPRoute CRD (Gateway API) is not installed: serving Service targets only; restart the controller after installing Gateway API"
+                "the HTTPRoute CRD (Gateway API) is not installed: serving Service targets only until it is (checked every {}s)",
+                CRD_POLL.as_secs()
             );
             false
         }
         Err(e) => return Err(e.into()),
+    };
+    // Watches are fixed at start: once Gateway API appears, stop cleanly and let the
+    // Deployment start a fresh process that watches HTTPRoutes too.
+    let (installed, crd_appeared) = tokio::sync::oneshot::channel::<()>();
+    if !routes_installed {
+        let routes_api = routes_api.clone();
+        tokio::spawn(async move {
+            wait_until_installed(&routes_api, CRD_POLL).await;
+            let _ = installed.send(());
+        });
+    }
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(()) = crd_appeared => {
+                tracing::info!("the HTTPRoute CRD is now installed: restarting to watch HTTPRoutes");
+            }
+        }
     };
     let grants_installed = routes_installed
         && Api::<ReferenceGrant>::all(client.clone())

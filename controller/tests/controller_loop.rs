@@ -20,3 +20,32 @@ async fn the_loop_converges_with_the_minimum_writes_and_a_resync_writes_nothing(
     assert_eq!(r["writes_by_kind"]["Service/apply"], 125, "{r}");
     assert_eq!(r["writes_by_kind"]["AuthPolicy/status"], 50, "{r}");
 }
+
+#[tokio::test]
+async fn failed_writes_and_a_watch_restart_mid_rollout_still_converge_with_the_minimum_writes() {
+    // Every 7th write fails (409 on policies, 500 elsewhere) and every watch restarts when
+    // half the policies are Ready: retries with backoff, no duplicate work after the relist.
+    let r = sim::scale_run_with(
+        25,
+        sim::Faults {
+            fail_every: 7,
+            restart_watches_midway: true,
+        },
+    )
+    .await;
+    assert_eq!(r["converged"], true, "{r}");
+    assert_eq!(r["ready"], 25, "{r}");
+    assert!(r["injected_failures"].as_u64().unwrap() >= 40, "{r}");
+    assert_eq!(r["watches_restarted"], true, "{r}");
+    // No write repeated: a retry may even skip the intermediate RolloutPending status.
+    assert!(r["writes"].as_u64() <= r["minimum_writes"].as_u64(), "{r}");
+    for (kind, n) in [
+        ("Deployment/apply", 125),
+        ("Service/apply", 125),
+        ("Secret/create", 25),
+        ("AuthPolicy/patch", 25),
+    ] {
+        assert_eq!(r["writes_by_kind"][kind], n, "{kind}: {r}");
+    }
+    assert_eq!(r["resync_writes"], 0, "{r}");
+}

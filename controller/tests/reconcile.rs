@@ -540,6 +540,201 @@ async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
     );
 }
 
+/// The Service as a GitOps sync leaves it: our annotations kept, the targetPort put back.
+fn reverted(svc: &Service) -> Service {
+    let mut s = svc.clone();
+    s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port =
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".into()));
+    s
+}
+
+fn reverts_annotation(sent: &Sent) -> Value {
+    serde_json::from_str(sent.body["metadata"]["annotations"]["sidekey.dev/reverts"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_targetport_fight_is_detected_reported_and_not_looped() {
+    let (mut w, mut p) = converge().await;
+    let mut svc = sidekey_controller::cache::Cache::service(&w, &ObjKey::new("apps", "hello"))
+        .map(|s| s.as_ref().clone())
+        .unwrap();
+    // Reverted three times: each time switched back, the count kept on the Service.
+    for n in 1..=3 {
+        w.add_service(reverted(&svc));
+        let (res, sent, _) = run(&w, &p, echo()).await;
+        res.unwrap();
+        assert_eq!(lines(&sent), [format!("PATCH {}", service_path("hello"))], "revert {n}");
+        assert_eq!(sent[0].body["spec"]["ports"][0]["targetPort"], "sidekey-http");
+        assert_eq!(reverts_annotation(&sent[0])["count"], n);
+        svc = applied_service(&reverted(&svc), &sent[0]);
+    }
+    // The fourth: sidekey stops re-applying and says why, once.
+    w.add_service(reverted(&svc));
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    res.unwrap();
+    assert_eq!(lines(&sent), [format!("PATCH {POLICY_STATUS}"), format!("POST {EVENTS}")]);
+    assert_eq!(condition(&sent[0], "Ready"), ("False".into(), "ServiceReverted".into()));
+    let ready = sent[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for needle in [
+        "apps/hello",
+        "4 times",
+        "WITHOUT authentication",
+        "managedFieldsManagers",
+        "docs/gitops-argocd.md",
+    ] {
+        assert!(ready.contains(needle), "{needle} in {ready}");
+    }
+    assert_eq!(sent[0].body["status"]["protected"], 0);
+    assert_eq!(sent[1].body["type"], "Warning");
+    assert_eq!(sent[1].body["reason"], "ServiceReverted");
+    // Every later resync: nothing written, no restore of the Service either.
+    p = with_status(p, &sent[0]);
+    for _ in 0..3 {
+        let (res, sent, _) = run(&w, &p, echo()).await;
+        res.unwrap();
+        assert!(sent.is_empty(), "held: {:?}", lines(&sent));
+    }
+    // Once the window has passed, sidekey tries again (the count restarts).
+    let mut old = reverted(&svc);
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(11);
+    old.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("sidekey.dev/reverts".into(), json!({"count": 3, "since": since}).to_string());
+    w.add_service(old);
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    res.unwrap();
+    assert_eq!(lines(&sent)[0], format!("PATCH {}", service_path("hello")));
+    assert_eq!(reverts_annotation(&sent[0])["count"], 1);
+}
+
+#[tokio::test]
+async fn conflicts_and_server_errors_on_writes_are_retried_until_they_converge() {
+    // Every write fails twice (409 on the status, 500 elsewhere) before it succeeds; the
+    // reconcile fails, backs off, and the next attempt resumes where it stopped.
+    let attempts = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u32>::new()));
+    let flaky = |attempts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>| -> Responder {
+        Box::new(move |s: &Sent| {
+            if s.path.ends_with("/events") {
+                return reply(s);
+            }
+            let mut a = attempts.lock().unwrap();
+            let n = a.entry(format!("{} {}", s.method, s.path)).or_insert(0);
+            *n += 1;
+            match *n {
+                1 if s.path.ends_with("/status") => (StatusCode::CONFLICT, status_error(409, "Conflict")),
+                1 | 2 => (StatusCode::INTERNAL_SERVER_ERROR, status_error(500, "InternalError")),
+                _ => reply(s),
+            }
+        })
+    };
+    let mut w = world();
+    let mut p = policy(false);
+    let mut rounds = 0;
+    let mut failures = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 20, "did not converge");
+        let (res, sent, _) = run(&w, &p, flaky(attempts.clone())).await;
+        // Feed back what the server accepted, as the watch would.
+        for s in sent.iter().filter(|s| s.method == Method::PATCH) {
+            let ok = attempts.lock().unwrap()[&s.line()] > 2 || (s.path.ends_with("/status") && attempts.lock().unwrap()[&s.line()] > 1);
+            if !ok {
+                continue;
+            }
+            if s.path == POLICY {
+                p.metadata.finalizers = Some(vec!["sidekey.dev/cleanup".into()]);
+            } else if s.path == POLICY_STATUS {
+                p = with_status(p, s);
+            } else if s.path == deployment_path("hello") {
+                w.add_deployment(applied_deployment(&deployment("hello", "hello"), s));
+            } else if s.path == service_path("hello") {
+                w.add_service(applied_service(&service("hello", "hello"), s));
+            }
+        }
+        if sent
+            .iter()
+            .any(|s| s.method == Method::POST && s.path == SECRETS && attempts.lock().unwrap()[&s.line()] > 2)
+        {
+            w.add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+        }
+        match res {
+            Ok(_) if sent.is_empty() => break,
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                assert!(e.to_string().contains("apps/hello"), "{e}");
+            }
+        }
+    }
+    assert!(failures >= 5, "each write failed before it succeeded ({failures} failed rounds)");
+    let ready = p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "Ready", "converged after {rounds} rounds");
+}
+
+#[tokio::test]
+async fn a_deployment_deleted_mid_reconcile_is_reported_then_forgotten() {
+    let (mut w, p) = converge().await;
+    // The policy changes, so the sidecar is re-applied, but the Deployment is gone by then:
+    // server-side apply of a missing object is a 404 (we never create workloads).
+    let mut p2 = p.clone();
+    p2.spec.access.allowed_groups.push("g2".into());
+    p2.metadata.generation = Some(2);
+    let gone: Responder = Box::new(|s: &Sent| {
+        if s.path.contains("/deployments/") {
+            (StatusCode::NOT_FOUND, status_error(404, "NotFound"))
+        } else {
+            reply(s)
+        }
+    });
+    let (res, sent, _) = run(&w, &p2, gone).await;
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("Deployment apps/hello"), "{err}");
+    assert_eq!(lines(&sent), [format!("PATCH {}", deployment_path("hello"))]);
+    // The watch then shows it gone: the next reconcile restores the Service it fronted and
+    // says the target is missing, without touching the Deployment again.
+    w.remove_deployment(&ObjKey::new("apps", "hello"));
+    let (res, sent, _) = run(&w, &p2, echo()).await;
+    res.unwrap();
+    assert!(!lines(&sent).iter().any(|l| l.contains("/deployments/")), "{:?}", lines(&sent));
+    let status = find(&sent, Method::PATCH, POLICY_STATUS);
+    assert_eq!(condition(status, "Ready").0, "False");
+}
+
+#[tokio::test]
+async fn deleting_the_policy_mid_rollout_cleans_up_and_drops_the_finalizer() {
+    // The sidecar is applied but the rollout has not finished: the Service was never switched.
+    let mut w = world();
+    let (_, sent, _) = run(&w, &policy(false), echo()).await;
+    let mut p = with_status(policy(true), find(&sent, Method::PATCH, POLICY_STATUS));
+    let mut d = applied_deployment(&deployment("hello", "hello"), find(&sent, Method::PATCH, &deployment_path("hello")));
+    d.status.as_mut().unwrap().updated_replicas = Some(0);
+    w.add_deployment(d).add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    res.unwrap();
+    assert_eq!(
+        lines(&sent),
+        [
+            format!("PATCH {}", deployment_path("hello")),
+            format!("POST {EVENTS}"),
+            format!("PATCH {POLICY}"),
+        ],
+        "no Service restore (it was never switched), the sidecar released, the finalizer dropped"
+    );
+    assert_eq!(sent[0].body.as_object().unwrap().len(), 3, "an empty apply releases our fields");
+    assert_eq!(sent[2].body["metadata"]["finalizers"], json!([]));
+}
+
 /// Every API call a reconcile makes, as an RBAC (group, resource, verb).
 fn rbac_of(s: &Sent) -> (String, String, String) {
     let parts: Vec<&str> = s.path.trim_start_matches('/').split('/').collect();

@@ -279,3 +279,41 @@ async fn leader_election_respects_a_live_holder_and_takes_over_an_expired_one() 
     .await;
     assert!(!won);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_controller_started_without_gateway_api_notices_when_it_is_installed() {
+    use sidekey_controller::gateway::HTTPRoute;
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut asked = Vec::new();
+        // Not installed, the API server briefly failing, not installed, then installed.
+        for code in [404u16, 503, 404, 200] {
+            let (req, respond) = handle.next_request().await.unwrap();
+            asked.push((tokio::time::Instant::now(), format!("{} {}", req.method(), req.uri().path())));
+            let reply = if code == 200 {
+                json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList", "metadata": {}, "items": []})
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "NotFound", "message": "x"})
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        asked
+    });
+    let api: Api<HTTPRoute> = Api::all(kube::Client::new(mock, "default"));
+    let started = tokio::time::Instant::now();
+    sidekey_controller::runtime::wait_until_installed(&api, sidekey_controller::runtime::CRD_POLL).await;
+    assert_eq!(
+        started.elapsed(),
+        sidekey_controller::runtime::CRD_POLL * 4,
+        "polled every 30 s, not hot"
+    );
+    drop(api);
+    let asked = server.await.unwrap();
+    assert_eq!(asked.len(), 4);
+    assert!(asked.iter().all(|(_, a)| a == "GET /apis/gateway.networking.k8s.io/v1/httproutes"));
+}

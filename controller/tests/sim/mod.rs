@@ -101,6 +101,21 @@ struct ApiServer {
     refused: AtomicU64,
     events: AtomicU64,
     last_write: Mutex<Instant>,
+    faults: Faults,
+    /// Write requests seen, and how many of them were failed on purpose.
+    write_requests: AtomicU64,
+    injected: AtomicU64,
+}
+
+/// Faults the simulated server injects.
+#[derive(Clone, Copy, Default)]
+pub struct Faults {
+    /// Fail every n-th write request (0: none): a 409 Conflict for policy patches, a 500
+    /// for everything else. Nothing is written.
+    pub fail_every: u64,
+    /// Restart every watch (a relist, as after a dropped watch or a 410 Gone) once half the
+    /// policies are Ready.
+    pub restart_watches_midway: bool,
 }
 
 fn to_value<T: Serialize>(t: &T) -> Value {
@@ -159,6 +174,17 @@ impl ApiServer {
 
     fn handle(&self, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if self.faults.fail_every > 0 && !path.contains("/events") && matches!(*method, Method::PATCH | Method::POST) {
+            let n = self.write_requests.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(self.faults.fail_every) {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                return if path.contains("/authpolicies/") {
+                    status(409, "Conflict")
+                } else {
+                    status(500, "InternalError")
+                };
+            }
+        }
         let mut world = self.world.lock().unwrap();
         match (method, parts.as_slice()) {
             (&Method::PATCH, ["apis", "sidekey.dev", "v1alpha1", "namespaces", ns, "authpolicies", name, rest @ ..]) => {
@@ -391,6 +417,10 @@ async fn wait_quiet(api: &ApiServer, done: impl Fn() -> bool, limit: Duration) -
 /// Runs `policies` AuthPolicies (5 Deployments each) from cold to converged, then a full
 /// resync, then the pure core alone; returns the measurements as JSON.
 pub async fn scale_run(policies: usize) -> Value {
+    scale_run_with(policies, Faults::default()).await
+}
+
+pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
     let w = world(policies);
     let (objects_kib, rss_world_kib) = {
         let bytes: usize = w.deployments.values().chain(w.services.values()).map(|o| o.len()).sum();
@@ -416,6 +446,9 @@ pub async fn scale_run(policies: usize) -> Value {
         refused: AtomicU64::new(0),
         events: AtomicU64::new(0),
         last_write: Mutex::new(Instant::now()),
+        faults,
+        write_requests: AtomicU64::new(0),
+        injected: AtomicU64::new(0),
     });
 
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -473,6 +506,15 @@ pub async fn scale_run(policies: usize) -> Value {
     let world_heap_kib = LIVE_BYTES.load(Ordering::Relaxed) / 1024;
     PEAK_BYTES.store(0, Ordering::Relaxed);
     api.relist();
+    let restarted = faults.restart_watches_midway.then(|| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            while api.ready_policies() < policies / 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            api.relist();
+        })
+    });
     let converged = wait_quiet(
         &api,
         || api.ready_policies() == policies,
@@ -486,6 +528,10 @@ pub async fn scale_run(policies: usize) -> Value {
     let refused = api.refused.load(Ordering::Relaxed);
     let events = api.events.load(Ordering::Relaxed);
     let reconciles_cold = reconciles(&metrics);
+    let watches_restarted = match restarted {
+        Some(t) => t.await.is_ok(),
+        None => false,
+    };
 
     // Full resync: every watch relists; every policy reconciles again and must write nothing.
     let before = reconciles(&metrics);
@@ -538,6 +584,8 @@ pub async fn scale_run(policies: usize) -> Value {
             "writes_by_kind": cold_writes,
             "minimum_writes": minimum,
             "refused_writes": refused,
+            "injected_failures": api.injected.load(Ordering::Relaxed),
+            "watches_restarted": watches_restarted,
             "events": events,
             "reconciles": reconciles_cold,
             "resync_completed": resynced.is_some(),
