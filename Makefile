@@ -11,11 +11,12 @@ demo:
 	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	@scripts/demo.sh
 
-## test: installs the test peers, then fmt, clippy and every test
+## test: installs the test peers, then fmt, clippy and every test (the controller's against
+## a real Kubernetes API server that tests/k8s/with-cluster.sh starts from ../shared/kube)
 test: setup fmt-check lint
 	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	scripts/demo.sh --smoke
-	$(CARGO) test --workspace --all-targets --exclude sidekey-fuzz
+	tests/k8s/with-cluster.sh $(CARGO) test --workspace --all-targets --exclude sidekey-fuzz
 	tests/k8s/validate.sh
 	scripts/dist.sh
 	tests/dist_test.sh
@@ -40,11 +41,12 @@ lint:
 docs:
 	SIDEKEY_UPDATE_DOCS=1 $(CARGO) test -p sidekey-proxy --lib config::tests::configuration_doc_is_current
 
-## crds: regenerate crds/ (and the chart's copy), the golden render outputs and manifests/install
+## crds: regenerate crds/ (and the chart's copy), the golden render outputs, the proxy flag list and manifests/install
 crds:
 	$(CARGO) run -q -p sidekey-controller --bin crdgen > crds/sidekey.dev_authpolicies.yaml
 	cp crds/sidekey.dev_authpolicies.yaml charts/sidekey/files/
 	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test render
+	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test validate committed_proxy_flag_list_is_current
 	$(MAKE) manifests
 
 ## manifests: regenerate manifests/install (the chart's default render) and the argocd-cm snippet

@@ -65,6 +65,7 @@ pub struct AuthPolicySpec {
     pub provider: Provider,
     /// The OAuth callback URL registered with the IdP. Default: `https://<first route hostname>/oauth2/callback`.
     #[serde(default, rename = "redirectURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message("redirectURL must be an https:// URL (http:// only for localhost)"))]
     pub redirect_url: Option<String>,
     /// Who may sign in. At least one rule: an empty access block would let no one in.
@@ -87,12 +88,15 @@ pub struct AuthPolicySpec {
 pub struct TargetRef {
     /// `gateway.networking.k8s.io` for an HTTPRoute, `""` for a core Service.
     #[serde(default)]
+    #[schemars(length(max = 253))]
     pub group: String,
+    #[schemars(length(max = 63))]
     pub kind: String,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Only this rule (HTTPRoute rule name) or port (Service port name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub section_name: Option<String>,
 }
 
@@ -105,13 +109,15 @@ pub struct Provider {
     pub type_: ProviderType,
     /// e.g. `https://login.microsoftonline.com/<tenant-id>/v2.0`.
     #[serde(rename = "issuerURL")]
+    #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message("issuerURL must be an https:// URL (http:// only for localhost)"))]
     pub issuer_url: String,
     #[serde(rename = "clientID")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub client_id: String,
     /// Default: `openid email profile`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
     pub scopes: Vec<String>,
     /// Log in with the pod's projected service-account token instead of a client secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,11 +126,13 @@ pub struct Provider {
     pub client_secret_ref: Option<SecretKeyRef>,
     /// Further accepted ID-token audiences besides clientID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 512)))]
     pub extra_audiences: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claims: Option<Claims>,
     /// Entra ID authority for sovereign clouds, e.g. `https://login.microsoftonline.us/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message("authorityHost must be an https:// URL"))]
     pub authority_host: Option<String>,
 }
@@ -142,6 +150,7 @@ pub enum ProviderType {
 pub struct WorkloadIdentity {
     /// Default `api://AzureADTokenExchange` (Entra ID's federated-credential audience).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
     pub audience: Option<String>,
     /// Lifetime of the projected token. Default 3600; the kubelet refreshes it at 80%.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +163,7 @@ pub struct SecretKeyRef {
     /// A Secret in the namespace of the protected workload.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -163,12 +172,15 @@ pub struct SecretKeyRef {
 pub struct Claims {
     /// Claim holding the email address (default `email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub email: Option<String>,
     /// Claim naming the user: `oid`, `upn`, `preferred_username`, `email`, `sub`...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub user: Option<String>,
     /// Claim holding group ids (default `groups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub groups: Option<String>,
 }
 
@@ -178,14 +190,18 @@ pub struct Claims {
 pub struct Access {
     /// `example.com`, or `*` for any (then restrict with allowedGroups).
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub email_domains: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 3, max = 320)))]
     pub allowed_emails: Vec<String>,
     /// Group object ids (Entra ID) or names, any one suffices.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
     pub allowed_groups: Vec<String>,
     /// Entra ID tenants allowed to sign in (multi-tenant apps).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub allowed_tenants: Vec<String>,
 }
 
@@ -196,16 +212,20 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie_secret_ref: Option<SecretKeyRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.matches('^[!#$%&\\'*+\\\\-.^_`|~0-9A-Za-z]+$')").message("cookieName must be a valid cookie name token"))]
     pub cookie_name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub cookie_domains: Vec<String>,
     /// Session lifetime, Go duration (default `168h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("session.expire must be a duration such as 168h or 30m"))]
     pub expire: Option<String>,
     /// Refresh tokens after this age, Go duration (off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("session.refresh must be a duration such as 1h or 30m"))]
     pub refresh: Option<String>,
     /// Keep only what authorization needs in the cookie (no tokens).
@@ -275,6 +295,7 @@ pub struct SkipAuthRoute {
     pub path: String,
     /// Only these methods (any method when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 32)))]
     #[x_kube(validation = Rule::new("self.all(m, m.matches('^[A-Z]+$'))").message("skipAuth methods are upper-case HTTP methods such as GET"))]
     pub methods: Vec<String>,
 }
@@ -284,7 +305,7 @@ pub struct SkipAuthRoute {
 pub struct ApiRoutes {
     /// Path regexes answered with 401 instead of a login redirect; bearer JWTs are accepted there.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub paths: Vec<String>,
 }
 
@@ -293,6 +314,7 @@ pub struct ApiRoutes {
 pub struct Sidecar {
     /// Default: the controller's `--proxy-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
     /// Port the sidecar listens on (default 4180).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +324,7 @@ pub struct Sidecar {
     pub resources: Option<ResourceRequirements>,
     /// More sidekey-proxy flags, e.g. `--cookie-samesite=strict`. Flags the controller renders are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 3, max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(a, a.startsWith('--'))").message("sidecar.extraArgs entries must be flags such as --cookie-samesite=strict"))]
     pub extra_args: Vec<String>,
 }
@@ -360,8 +383,13 @@ pub struct WorkloadIdentityStatus {
     /// Register each as a federated credential subject on the Entra app registration.
     pub subjects: Vec<String>,
     pub audience: String,
-    /// Where to find the issuer to register (the cluster's service-account issuer).
-    pub issuer_hint: String,
+    /// The issuer to register: the cluster's service-account issuer, as its OIDC discovery
+    /// document (`/.well-known/openid-configuration`) gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Where to find the issuer, when the controller could not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_hint: Option<String>,
 }
 
 impl AuthPolicySpec {

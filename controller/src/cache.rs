@@ -57,6 +57,12 @@ pub trait Cache {
     fn secret_digest(&self, key: &ObjKey) -> Option<String>;
     /// Deployments and Services carrying our annotation naming `policy` (`namespace/name`).
     fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>);
+    /// Whether every watched kind has been listed once. Until then an absent route,
+    /// Service or Deployment may only be not loaded yet, and acting on it would undo
+    /// protection (a new leader releasing a sidecar it cannot see the route to yet).
+    fn synced(&self) -> bool {
+        true
+    }
 }
 
 pub fn annotated_by<K: kube::Resource>(obj: &K, policy: &str) -> bool {
@@ -77,6 +83,8 @@ pub struct Snapshot {
     pub services: BTreeMap<ObjKey, Arc<Service>>,
     pub deployments: BTreeMap<ObjKey, Arc<Deployment>>,
     pub secrets: BTreeMap<ObjKey, String>,
+    /// Some kind is still being listed (a live cache right after start or failover).
+    pub listing: bool,
 }
 
 impl Snapshot {
@@ -174,6 +182,9 @@ impl Cache for Snapshot {
                 .cloned()
                 .collect(),
         )
+    }
+    fn synced(&self) -> bool {
+        !self.listing
     }
 }
 

@@ -16,7 +16,9 @@ pub mod reconcile;
 pub mod render;
 pub mod resolve;
 pub mod runtime;
+pub mod schema_check;
 pub mod validate;
+pub mod write_gate;
 
 /// The AuthPolicy CRD as YAML, exactly as committed in `crds/sidekey.dev_authpolicies.yaml`.
 pub fn crd_yaml() -> String {

@@ -13,6 +13,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_IMAGE: &str = concat!("ghcr.io/sidekey-dev/sidekey-proxy:v", env!("CARGO_PKG_VERSION"));
 
+/// `-f`/`--filename`, repeatable, as kubectl spells it.
+fn files_arg(help: &'static str) -> Arg {
+    Arg::new("file")
+        .short('f')
+        .long("filename")
+        .required(true)
+        .action(ArgAction::Append)
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(help)
+}
+
 fn cli() -> Command {
     let image = Arg::new("proxy-image")
         .long("proxy-image")
@@ -56,15 +67,12 @@ fn cli() -> Command {
         .subcommand(
             Command::new("render")
                 .about("Print the Deployments and Services the given AuthPolicies would patch, without a cluster")
-                .arg(
-                    Arg::new("file")
-                        .short('f')
-                        .long("filename")
-                        .required(true)
-                        .action(ArgAction::Append)
-                        .value_parser(clap::value_parser!(PathBuf))
-                        .help("YAML file or directory (AuthPolicy, HTTPRoute, ReferenceGrant, Service, Deployment); repeatable"),
+                .long_about(
+                    "Print the Deployments and Services the given AuthPolicies would patch, without a cluster.\n\n\
+                     Refuses (exit 1, the reasons on stderr, nothing on stdout) when a policy fails `validate`, \
+                     would not be Accepted (say, a conflict with an older policy), or names a target missing from the input.",
                 )
+                .arg(files_arg("YAML file or directory (AuthPolicy, HTTPRoute, ReferenceGrant, Service, Deployment); repeatable"))
                 .arg(image)
                 .arg(
                     Arg::new("sidecar-mode")
@@ -72,6 +80,17 @@ fn cli() -> Command {
                         .value_parser(["native", "regular"])
                         .default_value("native"),
                 ),
+        )
+        .subcommand(
+            Command::new("validate")
+                .about("Check AuthPolicies as the API server (schema, defaults, CEL rules) and then the controller would, without a cluster")
+                .long_about(
+                    "Check AuthPolicies as the API server (schema, defaults, CEL rules) and then the controller would, without a cluster.\n\n\
+                     Prints `authpolicy/<namespace>/<name>: ok` for each good policy on stdout and one \
+                     `authpolicy/<namespace>/<name>: <error>` line per problem on stderr, in the API server's words. \
+                     Other kinds of document are ignored. Exits 1 when any policy has a problem.",
+                )
+                .arg(files_arg("YAML file or directory; repeatable")),
         )
         .subcommand(Command::new("crd").about("Print the AuthPolicy CustomResourceDefinition"))
 }
@@ -100,6 +119,7 @@ fn main() -> ExitCode {
                 } else {
                     SidecarMode::Native
                 },
+                service_account_issuer: None,
             };
             let result = offline::Input::read(&paths).and_then(|input| {
                 let rendered = offline::render(&input, &opts)?;
@@ -110,11 +130,39 @@ fn main() -> ExitCode {
                     print!("{yaml}");
                     ExitCode::SUCCESS
                 }
+                Err(offline::RenderError::Refused(lines)) => {
+                    for l in lines {
+                        eprintln!("{l}");
+                    }
+                    ExitCode::FAILURE
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(("validate", v)) => {
+            let paths: Vec<PathBuf> = v.get_many::<PathBuf>("file").into_iter().flatten().cloned().collect();
+            let docs = match offline::read_documents(&paths) {
+                Ok(docs) => docs,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut failed = false;
+            for doc in docs.iter().filter(|d| d.is_auth_policy()) {
+                let check = offline::check_policy(doc);
+                if check.errors.is_empty() {
+                    println!("{}: ok", check.name());
+                }
+                for e in &check.errors {
+                    eprintln!("{}: {e}", check.name());
+                    failed = true;
+                }
+            }
+            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         _ => {
             init_logging();

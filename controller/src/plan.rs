@@ -365,7 +365,11 @@ pub fn plan(input: Input<'_>) -> Plan {
             .into_iter()
             .collect(),
         audience: wi.audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
-        issuer_hint: "the cluster's service-account issuer: kubectl get --raw /.well-known/openid-configuration".into(),
+        issuer: opts.service_account_issuer.clone(),
+        issuer_hint: opts
+            .service_account_issuer
+            .is_none()
+            .then(|| "the cluster's service-account issuer: kubectl get --raw /.well-known/openid-configuration".into()),
     });
 
     let accepted = if owned.is_empty() && !conflicts.is_empty() {

@@ -39,6 +39,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The write that failed (`apply Service ns/name`), without the server's answer.
+    pub fn write(&self) -> String {
+        match self {
+            Error::Api { action, kind, key, .. } => format!("{action} {kind} {key}"),
+        }
+    }
+
     pub fn reason(&self) -> String {
         match self {
             Error::Api { source, .. } => match source {
@@ -212,6 +219,8 @@ impl Expectations {
 
 /// How soon a policy waiting for its own writes to show in the cache looks again.
 const EXPECTATION_POLL: Duration = Duration::from_millis(200);
+/// How soon a policy looks again while the caches are still being listed.
+const CACHE_SYNC_POLL: Duration = Duration::from_millis(200);
 
 pub struct Context {
     pub client: Client,
@@ -221,7 +230,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub index: Arc<Index>,
     pub expectations: Expectations,
-    failures: Mutex<HashMap<ObjKey, u32>>,
+    failures: Mutex<HashMap<ObjKey, Failing>>,
+}
+
+/// The write a policy's reconciles keep failing at, and how many times in a row.
+struct Failing {
+    write: String,
+    count: u32,
 }
 
 impl Context {
@@ -248,6 +263,12 @@ impl Context {
 
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjKey::of(policy.as_ref());
+    // kube starts reconciling once the policies are listed; a route or Deployment not
+    // listed yet would look deleted and its protection would be undone (seen on every
+    // leader failover against a real cluster). Wait for every kind.
+    if !ctx.cache.synced() {
+        return Ok(Action::requeue(CACHE_SYNC_POLL));
+    }
     if !ctx.expectations.met(&key, ctx.cache.as_ref()) {
         return Ok(Action::requeue(EXPECTATION_POLL));
     }
@@ -272,17 +293,32 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-/// Exponential backoff per policy (1 s doubling to 5 min), reset by a success.
+/// Exponential backoff (1 s doubling to 5 min) for the write a reconcile stopped at. It grows
+/// while that same write keeps failing and starts over when a reconcile fails at another one
+/// (the earlier write went through, or is no longer needed); a success resets it. Counting
+/// every failure of the policy instead let transient errors on earlier writes, each retried
+/// fine, push the retry of a later one out to minutes: a failed Service apply sends no watch
+/// event, so nothing else brought the policy back and its Service stayed unswitched until
+/// the periodic resync.
 pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjKey::of(policy.as_ref());
     ctx.metrics
         .errors
         .get_or_create(&crate::metrics::ErrorLabels { reason: error.reason() })
         .inc();
+    let write = error.write();
     let mut failures = ctx.failures.lock().expect("failures lock");
-    let n = failures.entry(key.clone()).or_insert(0);
-    *n += 1;
-    let delay = backoff(*n);
+    let count = match failures.get_mut(&key) {
+        Some(f) if f.write == write => {
+            f.count += 1;
+            f.count
+        }
+        _ => {
+            failures.insert(key.clone(), Failing { write, count: 1 });
+            1
+        }
+    };
+    let delay = backoff(count);
     tracing::warn!(policy = %key, error = %error, retry_in_s = delay.as_secs_f64(), "reconcile failed");
     Action::requeue(delay)
 }

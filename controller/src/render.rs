@@ -31,6 +31,9 @@ pub enum SidecarMode {
 pub struct RenderOptions {
     pub proxy_image: String,
     pub mode: SidecarMode,
+    /// The cluster's service-account issuer (its OIDC discovery document's `issuer`), when
+    /// the controller could read it: reported in the status as the issuer to register.
+    pub service_account_issuer: Option<String>,
 }
 
 /// The Secret the controller generates when `session.cookieSecretRef` is absent.
@@ -106,8 +109,9 @@ pub fn proxy_args(policy: &AuthPolicy, upstream_port: i32, hostnames: &[String])
     }
     let access = &spec.access;
     let mut domains = access.email_domains.clone();
-    // Groups alone are a complete rule: any email, then the group check.
-    if domains.is_empty() && access.allowed_emails.is_empty() {
+    // Groups alone are a complete rule: any email, then the group check. Never widen an
+    // access block with no rule at all: the proxy then lets no one in (fail closed).
+    if domains.is_empty() && access.allowed_emails.is_empty() && !access.allowed_groups.is_empty() {
         domains.push("*".into());
     }
     a.extend(domains.iter().map(|x| format!("--email-domain={x}")));

@@ -24,6 +24,7 @@ use crate::gateway::{HTTPRoute, ReferenceGrant};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Index, Watched};
 use crate::render::{RenderOptions, SidecarMode};
+use crate::write_gate::{GateLayer, WriteGate};
 
 /// The reflector stores, read through [`Cache`].
 #[derive(Clone)]
@@ -36,13 +37,67 @@ pub struct LiveCache {
     pub secrets: Store<Secret>,
     pub service_index: Arc<RwLock<StoreIndex>>,
     pub deployment_index: Arc<RwLock<StoreIndex>>,
+    /// Turns true once every watched kind has been listed ([`Listing`]).
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LiveCache {
+    /// Resolves once every watched kind has been listed (HTTPRoutes and ReferenceGrants
+    /// too, when watched).
+    pub async fn wait_synced(&self) {
+        let mut synced = self.synced.clone();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
     /// The Services of `namespace`, by name.
     pub fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
         let keys = self.service_index.read().expect("index lock").in_namespace(namespace);
         keys.iter().filter_map(|k| get(&self.services, k)).collect()
+    }
+}
+
+/// Counts the watched kinds down to their first complete listing (`InitDone`, which the
+/// reflector passes on after it has swapped the listed objects into its store).
+///
+/// Not kube's `Store::wait_until_ready`: its ready signal is a oneshot that remembers one
+/// waiting task, and kube's own Controller already waits on the policy store. A second
+/// waiter (our readiness check) could be the one never woken: against a real API server the
+/// controller then hung before its first reconcile in 3 runs of 5, "became leader" but never
+/// "caches synced" (/readyz 503 for ever).
+#[derive(Clone)]
+pub struct Listing {
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    synced: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Listing {
+    pub fn new(kinds: usize) -> (Self, tokio::sync::watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(kinds == 0);
+        (
+            Listing {
+                pending: Arc::new(std::sync::atomic::AtomicUsize::new(kinds)),
+                synced: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Passes `stream` through, counting its first `InitDone`.
+    pub fn track<K, W>(&self, stream: W) -> impl futures_util::Stream<Item = W::Item> + Send + 'static
+    where
+        K: Send + 'static,
+        W: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let listing = self.clone();
+        let mut counted = false;
+        stream.inspect(move |event| {
+            if !counted && matches!(event, Ok(watcher::Event::InitDone)) {
+                counted = true;
+                if listing.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    listing.synced.send_replace(true);
+                }
+            }
+        })
     }
 }
 
@@ -107,6 +162,9 @@ impl Cache for LiveCache {
         let s = get(&self.secrets, key)?;
         let data = s.data.as_ref()?;
         data.get(DIGEST_KEY).map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    }
+    fn synced(&self) -> bool {
+        *self.synced.borrow()
     }
     fn patched_by(&self, policy: &str) -> (Vec<Arc<Deployment>>, Vec<Arc<Service>>) {
         let deployments = self.deployment_index.read().expect("index lock").of_policy(policy);
@@ -198,7 +256,14 @@ pub fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Op
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let gate = if settings.leader_election {
+        WriteGate::closed()
+    } else {
+        WriteGate::always_open()
+    };
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&GateLayer(gate.clone()))
+        .build();
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicU8::new(Phase::Starting as u8));
     let shutdown = shutdown_signal();
@@ -213,12 +278,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if settings.leader_election {
         ready.store(Phase::Standby as u8, Ordering::Relaxed);
-        leader::acquire(&client, &settings.lease_namespace, &settings.identity).await?;
+        leader::acquire(&client, &settings.lease_namespace, &settings.identity, &gate).await?;
         ready.store(Phase::Starting as u8, Ordering::Relaxed);
         tokio::spawn(leader::renew(
             client.clone(),
             settings.lease_namespace.clone(),
             settings.identity.clone(),
+            gate.clone(),
         ));
     }
 
@@ -258,7 +324,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .is_ok();
 
-    let wc = watcher::Config::default();
+    // The server ends each watch after 30 s and the client gives up on a silent one after
+    // 35 s (kube adds 5 s), instead of 290/295 s: against a real API server restarted under
+    // it, a watch opened during the outage hung without an error, and the controller missed
+    // the rollout it was waiting for until that watch was abandoned.
+    let wc = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let sources = Sources {
         policies: watcher(Api::<AuthPolicy>::all(client.clone()), wc.clone()),
         services: watcher(Api::<Service>::all(client.clone()), wc.clone()),
@@ -270,6 +340,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let opts = RenderOptions {
         proxy_image: settings.proxy_image.clone(),
         mode,
+        service_account_issuer: service_account_issuer(&client).await,
     };
     let (cache, running) = controller(sources, client.clone(), opts, metrics.clone(), shutdown);
 
@@ -277,12 +348,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let cache = cache.clone();
         let ready = ready.clone();
         async move {
-            let _ = tokio::join!(
-                cache.policies.wait_until_ready(),
-                cache.services.wait_until_ready(),
-                cache.deployments.wait_until_ready(),
-                cache.secrets.wait_until_ready()
-            );
+            cache.wait_synced().await;
             ready.store(Phase::Reconciling as u8, Ordering::Relaxed);
             tracing::info!("caches synced; reconciling");
         }
@@ -294,6 +360,87 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lets errors through at once: the streams it wraps pace their own retries.
+pub struct NoExtraBackoff;
+
+impl Iterator for NoExtraBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoExtraBackoff {
+    fn reset(&mut self) {}
+}
+
+/// Server-side timeout of every watch (seconds). A re-watch from the last resourceVersion is
+/// cheap: six watches every 30 s.
+pub const WATCH_TIMEOUT_SECS: u32 = 30;
+
+/// How long a broken watch waits before it reconnects: 250 ms, doubling to at most 4 s, with
+/// ±25% jitter, and back to 250 ms after any event. kube's default climbs to 30 s and only
+/// resets after 2 minutes of calm; after a 10 s API-server restart (measured against a real
+/// one) some watches then slept ~30 s, came back to a 410 Expired, slept again before
+/// relisting, and the controller was blind for about a minute. One watch per resource type
+/// reconnecting every 4 s is no load for an API server.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (base * 2).min(Self::MAX);
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        Some(base.mul_f64(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+/// The cluster's service-account issuer, from its OIDC discovery document (readable by every
+/// ServiceAccount through the default `system:service-account-issuer-discovery` binding,
+/// and granted explicitly in the chart). `None`, logged, when it cannot be read: the status
+/// then says where to look instead.
+pub async fn service_account_issuer(client: &Client) -> Option<String> {
+    let request = http::Request::get("/.well-known/openid-configuration")
+        .body(Vec::new())
+        .expect("request");
+    let issuer = match client.request_text(request).await {
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|doc| doc["issuer"].as_str().map(str::to_string))
+            .filter(|i| !i.is_empty()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster's OIDC discovery document; the status will show how to find the issuer");
+            return None;
+        }
+    };
+    match &issuer {
+        Some(i) => tracing::info!(issuer = %i, "service-account issuer"),
+        None => tracing::warn!("the cluster's OIDC discovery document names no issuer"),
+    }
+    issuer
 }
 
 /// The watch streams the controller runs on: the API server's watches in production, a
@@ -336,26 +483,34 @@ where
     let (routes, rw) = reflector::store();
     let (grants, gw) = reflector::store();
 
-    let policy_stream = reflector::reflector(pw, sources.policies).default_backoff().touched_objects();
+    let kinds = 4 + usize::from(sources.routes.is_some()) + usize::from(sources.grants.is_some());
+    let (listing, synced) = Listing::new(kinds);
+    let policy_stream = listing
+        .track(reflector::reflector(pw, sources.policies))
+        .backoff(WatchBackoff::default())
+        .touched_objects();
     let service_index = Arc::new(RwLock::new(StoreIndex::default()));
     let deployment_index = Arc::new(RwLock::new(StoreIndex::default()));
     // Managed fields are most of an object's size and never read: not kept in memory.
-    let service_stream = indexed(
-        reflector::reflector(sw, sources.services.modify(|s| s.metadata.managed_fields = None)),
-        services.clone(),
-        service_index.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let deployment_stream = indexed(
-        reflector::reflector(dw, sources.deployments),
-        deployments.clone(),
-        deployment_index.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let secret_stream = reflector::reflector(xw, sources.secrets.modify(digest_secret))
-        .default_backoff()
+    let service_stream = listing
+        .track(indexed(
+            reflector::reflector(sw, sources.services.modify(|s| s.metadata.managed_fields = None)),
+            services.clone(),
+            service_index.clone(),
+        ))
+        .backoff(WatchBackoff::default())
+        .touched_objects();
+    let deployment_stream = listing
+        .track(indexed(
+            reflector::reflector(dw, sources.deployments),
+            deployments.clone(),
+            deployment_index.clone(),
+        ))
+        .backoff(WatchBackoff::default())
+        .touched_objects();
+    let secret_stream = listing
+        .track(reflector::reflector(xw, sources.secrets.modify(digest_secret)))
+        .backoff(WatchBackoff::default())
         .touched_objects();
 
     let cache = LiveCache {
@@ -367,12 +522,18 @@ where
         secrets: secrets.clone(),
         service_index,
         deployment_index,
+        synced,
     };
     let index = Arc::new(Index::default());
     let ctx = Arc::new(Context::new(client, Arc::new(cache.clone()), opts, metrics, index.clone()));
 
     let mut controller = Controller::for_stream(policy_stream, policies.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        // Each watch above already backs off on its own errors. kube's Controller adds one
+        // more backoff over all of them together (up to 30 s, reset after 2 minutes), so
+        // after an API-server restart one stream's errors held back every other stream's
+        // events: the rollout the controller waited for arrived over a minute late.
+        .trigger_backoff(NoExtraBackoff)
         .watches_stream(service_stream, {
             let index = index.clone();
             move |s: Service| to_refs(index.policies_touching(Watched::Service, &ObjKey::of(&s)))
@@ -390,14 +551,20 @@ where
             move |s: Secret| to_refs(index.policies_touching(Watched::Secret, &ObjKey::of(&s)))
         });
     if let Some(route_source) = sources.routes {
-        let route_stream = reflector::reflector(rw, route_source).default_backoff().touched_objects();
+        let route_stream = listing
+            .track(reflector::reflector(rw, route_source))
+            .backoff(WatchBackoff::default())
+            .touched_objects();
         let index = index.clone();
         controller = controller.watches_stream(route_stream, move |r: HTTPRoute| {
             to_refs(index.policies_touching(Watched::Route, &ObjKey::of(&r)))
         });
     }
     if let Some(grant_source) = sources.grants {
-        let grant_stream = reflector::reflector(gw, grant_source).default_backoff().touched_objects();
+        let grant_stream = listing
+            .track(reflector::reflector(gw, grant_source))
+            .backoff(WatchBackoff::default())
+            .touched_objects();
         let policies = policies.clone();
         // Rare and cross-namespace: re-check every policy.
         controller = controller.watches_stream(grant_stream, move |_: ReferenceGrant| {
@@ -517,14 +684,25 @@ async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<Atomic
 }
 
 /// Leader election on a `coordination.k8s.io` Lease, client-go style: acquire when free or
-/// expired, renew every 5 s, and exit if renewal is lost (the other replica takes over; the
-/// kubelet restarts this one as a follower). Optimistic concurrency (resourceVersion) makes
-/// two replicas never both win.
+/// expired, renew every 5 s, and exit if another replica took the Lease (the kubelet restarts
+/// this one as a follower). Optimistic concurrency (resourceVersion) makes two replicas never
+/// both win. A renewal that cannot reach the API server does not end the process: the
+/// [`WriteGate`] stops this replica's writes before the Lease could expire, and the next
+/// successful renewal reopens it.
 pub mod leader {
     use super::*;
 
     pub const LEASE_NAME: &str = "sidekey-controller";
-    const DURATION: i32 = 15;
+    pub const DURATION: i32 = 15;
+    /// Writes stop this long before the Lease could expire in another replica's eyes: room
+    /// for the renewal's own latency and for clock skew between the replicas.
+    const MARGIN: Duration = Duration::from_secs(3);
+    const RENEW_EVERY: Duration = Duration::from_secs(5);
+    const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+    fn validity() -> Duration {
+        Duration::from_secs(DURATION as u64) - MARGIN
+    }
 
     fn now() -> MicroTime {
         MicroTime(jiff::Timestamp::now())
@@ -576,38 +754,49 @@ pub mod leader {
         }
     }
 
-    pub async fn acquire(client: &Client, ns: &str, me: &str) -> anyhow::Result<()> {
+    pub async fn acquire(client: &Client, ns: &str, me: &str, gate: &WriteGate) -> anyhow::Result<()> {
         let api: Api<Lease> = Api::namespaced(client.clone(), ns);
         tracing::info!(lease = LEASE_NAME, namespace = ns, identity = me, "waiting for leadership");
         loop {
+            let sent = std::time::Instant::now();
             match try_acquire(&api, me).await {
                 Ok(true) => {
+                    gate.renewed(sent, validity());
                     tracing::info!(identity = me, "became leader");
                     return Ok(());
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "leader election"),
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(RETRY_EVERY).await;
         }
     }
 
-    pub async fn renew(client: Client, ns: String, me: String) {
+    pub async fn renew(client: Client, ns: String, me: String, gate: WriteGate) {
         let api: Api<Lease> = Api::namespaced(client, &ns);
-        let mut last_ok = tokio::time::Instant::now();
+        let mut failing = false;
         loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(if failing { RETRY_EVERY } else { RENEW_EVERY }).await;
+            let sent = std::time::Instant::now();
             match try_acquire(&api, &me).await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(true) => {
+                    gate.renewed(sent, validity());
+                    if failing {
+                        tracing::info!("lease renewed again; writes resume");
+                    }
+                    failing = false;
+                }
                 Ok(false) => {
+                    gate.close();
                     tracing::error!("lost leadership; exiting so the new leader runs alone");
                     std::process::exit(1);
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the lease"),
-            }
-            if last_ok.elapsed() > Duration::from_secs(DURATION as u64 - 3) {
-                tracing::error!("could not renew the lease in time; exiting");
-                std::process::exit(1);
+                Err(e) => {
+                    if !failing || !gate.is_open() {
+                        tracing::warn!(error = %e, writes_paused = !gate.is_open(), "renewing the lease");
+                    }
+                    failing = true;
+                }
             }
         }
     }

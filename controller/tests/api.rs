@@ -171,9 +171,12 @@ fn sidecar_args_and_env(case: &str) -> Vec<Invocation> {
     let opts = RenderOptions {
         proxy_image: "img".into(),
         mode: SidecarMode::Native,
+        service_account_issuer: None,
     };
     let mut out = Vec::new();
-    for r in offline::render(&input, &opts).unwrap() {
+    // The preview, not `render`: the conflict case is refused by `render`, yet the winning
+    // policy's sidecar must still be a valid proxy command line.
+    for r in offline::preview(&input, &opts) {
         for o in r.objects.iter().filter(|o| o["kind"] == "Deployment") {
             let c = o["spec"]["template"]["spec"]["initContainers"]
                 .as_array()
@@ -259,4 +262,47 @@ fn every_spec_field_is_documented() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/authpolicy.md")).unwrap();
     let missing: Vec<&String> = fields.iter().filter(|f| !doc.contains(&format!("| `{f}` |"))).collect();
     assert!(missing.is_empty(), "fields without a row in docs/authpolicy.md: {missing:?}");
+}
+
+/// docs/authpolicy.md's "Limits" table gives every bound the schema sets on a string or a
+/// list, with its number, so users see what the API server will refuse.
+#[test]
+fn every_bound_is_documented_in_the_limits_table() {
+    use kube::CustomResourceExt;
+    fn walk(node: &Value, name: &str, out: &mut Vec<(String, u64)>) {
+        for key in ["maxLength", "maxItems"] {
+            if let Some(n) = node[key].as_u64() {
+                out.push((name.to_string(), n));
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, name, out);
+        }
+        for (k, v) in node["properties"].as_object().into_iter().flatten() {
+            // ResourceRequirements is Kubernetes' own type, with Kubernetes' own bounds.
+            if k != "resources" {
+                walk(v, k, out);
+            }
+        }
+    }
+    let crd = serde_json::to_value(AuthPolicy::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut bounds = Vec::new();
+    walk(spec, "spec", &mut bounds);
+    assert!(bounds.len() >= 40, "{bounds:?}");
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/authpolicy.md")).unwrap();
+    let table = doc
+        .split("## Limits")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Limits section");
+    let missing: Vec<_> = bounds
+        .iter()
+        .filter(|(field, n)| {
+            !table
+                .lines()
+                .any(|row| row.contains(&format!("{field}`")) && row.contains(&n.to_string()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "bounds without their number in the Limits table: {missing:?}");
 }

@@ -30,6 +30,7 @@ async fn failed_writes_and_a_watch_restart_mid_rollout_still_converge_with_the_m
         sim::Faults {
             fail_every: 7,
             restart_watches_midway: true,
+            ..Default::default()
         },
     )
     .await;
@@ -47,5 +48,36 @@ async fn failed_writes_and_a_watch_restart_mid_rollout_still_converge_with_the_m
     ] {
         assert_eq!(r["writes_by_kind"][kind], n, "{kind}: {r}");
     }
+    assert_eq!(r["resync_writes"], 0, "{r}");
+}
+
+#[tokio::test]
+async fn a_service_apply_failing_after_earlier_failed_writes_is_retried_within_seconds() {
+    // Each write of the policy fails once on the way (409 on the finalizer, 500 on the cookie
+    // Secret and on every Deployment) and its first Service apply fails twice, the second
+    // time as the first write of its reconcile: nothing was written, so no watch event brings
+    // the policy back, only the error backoff. That backoff must be the Service apply's own
+    // (2 s), not one grown by the earlier writes that all went through (it was 256 s, and the
+    // Service waited for the resync).
+    let r = sim::scale_run_with(
+        1,
+        sim::Faults {
+            fail_first: &[
+                ("/authpolicies/app-0", 1),
+                ("/namespaces/team-0/secrets", 1),
+                ("/deployments/app-0-0", 1),
+                ("/deployments/app-0-1", 1),
+                ("/deployments/app-0-2", 1),
+                ("/deployments/app-0-3", 1),
+                ("/deployments/app-0-4", 1),
+                ("/services/app-0-0", 2),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r["injected_failures"], 9, "{r}");
+    assert_eq!(r["converged"], true, "the Service waited for the resync: {r}");
+    assert_eq!(r["writes_by_kind"]["Service/apply"], 5, "{r}");
     assert_eq!(r["resync_writes"], 0, "{r}");
 }

@@ -94,6 +94,7 @@ async fn run(world: &Snapshot, policy: &AuthPolicy, responder: Responder) -> (Re
         RenderOptions {
             proxy_image: "ghcr.io/sidekey-dev/sidekey-proxy:v0.1.0".into(),
             mode: SidecarMode::Native,
+            service_account_issuer: None,
         },
         Arc::new(Metrics::default()),
         Arc::new(Index::default()),
@@ -540,6 +541,49 @@ async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
     );
 }
 
+fn failing(part: &'static str) -> Responder {
+    Box::new(move |s: &Sent| {
+        if s.path.contains(part) {
+            (StatusCode::INTERNAL_SERVER_ERROR, status_error(500, "InternalError"))
+        } else {
+            reply(s)
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_failed_write_backs_off_on_its_own_failures_not_on_the_writes_before_it() {
+    // The rollout's writes failing in turn, as under a flaky API server: the Deployment apply
+    // three times, then (the Deployment applied) the Service apply.
+    let (res, _, ctx) = run(&world(), &policy(true), failing("/deployments/")).await;
+    let deployment_failed = res.unwrap_err();
+    // The Deployment apply goes through and rolls out; then the Service apply fails.
+    let (res, sent, _) = run(&world(), &policy(true), echo()).await;
+    res.unwrap();
+    let mut rolled_out = world();
+    rolled_out
+        .add_deployment(applied_deployment(
+            &deployment("hello", "hello"),
+            find(&sent, Method::PATCH, &deployment_path("hello")),
+        ))
+        .add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+    let p = with_status(policy(true), find(&sent, Method::PATCH, POLICY_STATUS));
+    let (res, sent, _) = run(&rolled_out, &p, failing("/services/")).await;
+    let service_failed = res.unwrap_err();
+    assert_eq!(lines(&sent), [format!("PATCH {}", service_path("hello"))]);
+
+    let p = Arc::new(p);
+    let retry = |e: &reconcile::Error| reconcile::error_policy(p.clone(), e, ctx.clone());
+    let deployment_retries: Vec<Action> = (0..3).map(|_| retry(&deployment_failed)).collect();
+    assert_eq!(deployment_retries, [1, 2, 4].map(|s| Action::requeue(Duration::from_secs(s))));
+    // No success came in between (the reconcile that applied the Deployment failed at the
+    // Service), yet the Service apply has failed once: it is retried in 1 s, not in 8 s.
+    // Nothing else would reconcile the policy meanwhile (the failed write sends no watch
+    // event), so an inherited backoff left the Service unswitched for minutes.
+    let service_retries: Vec<Action> = (0..2).map(|_| retry(&service_failed)).collect();
+    assert_eq!(service_retries, [1, 2].map(|s| Action::requeue(Duration::from_secs(s))));
+}
+
 /// The Service as a GitOps sync leaves it: our annotations kept, the targetPort put back.
 fn reverted(svc: &Service) -> Service {
     let mut s = svc.clone();
@@ -770,7 +814,12 @@ fn granted() -> std::collections::BTreeSet<(String, String, String)> {
         matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) && (name.ends_with("-controller") || name.ends_with("-leader-election"))
     }) {
         for rule in d["rules"].as_array().unwrap() {
-            for g in rule["apiGroups"].as_array().unwrap() {
+            for url in rule["nonResourceURLs"].as_array().into_iter().flatten() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    out.insert(("nonResourceURL".into(), url.as_str().unwrap().into(), v.as_str().unwrap().into()));
+                }
+            }
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
                 for r in rule["resources"].as_array().unwrap() {
                     for v in rule["verbs"].as_array().unwrap() {
                         out.insert((g.as_str().unwrap().into(), r.as_str().unwrap().into(), v.as_str().unwrap().into()));
@@ -816,6 +865,8 @@ async fn the_install_grants_exactly_the_verbs_the_controller_uses() {
     for v in ["get", "create", "update"] {
         used.insert(s("coordination.k8s.io", "leases", v));
     }
+    // The runtime reads the service-account issuer at start (runtime::service_account_issuer).
+    used.insert(s("nonResourceURL", "/.well-known/openid-configuration", "get"));
     // Used on paths these scenarios do not reach: kube's event Recorder patches a repeated
     // event's series; cross-namespace generated cookie Secrets are deleted on cleanup.
     used.insert(s("events.k8s.io", "events", "patch"));
@@ -829,4 +880,29 @@ async fn the_install_grants_exactly_the_verbs_the_controller_uses() {
         "the controller uses verbs the install does not grant: {missing:?}"
     );
     assert!(extra.is_empty(), "the install grants verbs the controller never uses: {extra:?}");
+}
+
+/// A new leader's caches fill kind by kind. Until every kind is listed, a protected app
+/// whose route is not loaded yet looks unprotected-by-policy: acting on that would release
+/// the sidecar and point the Service back at the app port (seen on a real node on nearly
+/// every failover). The reconcile waits instead, without a single request.
+#[tokio::test]
+async fn a_reconcile_before_every_cache_is_listed_writes_nothing() {
+    let (mut w, p) = converge().await;
+    // The policies, Deployments and Services are listed; the routes are not yet.
+    w.routes.clear();
+    w.listing = true;
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    let action = res.unwrap();
+    assert!(sent.is_empty(), "wrote before the caches were listed: {sent:#?}");
+    assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+    // The same view once listing is over is a real route deletion: then (and only then) the
+    // sidecar is released. This is what the wait above protects against.
+    w.listing = false;
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    res.unwrap();
+    assert!(
+        sent.iter().any(|s| s.method == Method::PATCH && s.path == deployment_path("hello")),
+        "{sent:#?}"
+    );
 }

@@ -10,6 +10,7 @@ pub fn opts(mode: SidecarMode) -> RenderOptions {
     RenderOptions {
         proxy_image: "ghcr.io/sidekey-dev/sidekey-proxy:v0.1.0".into(),
         mode,
+        service_account_issuer: None,
     }
 }
 
@@ -24,6 +25,8 @@ fn cases() -> Vec<PathBuf> {
     cases
 }
 
+/// Each case's preview (`output.yaml`, what the controller would do for every policy) and,
+/// when `render` refuses the input, the reasons (`refused.txt`, as render prints them).
 #[test]
 fn golden_outputs_are_current() {
     let update = std::env::var_os("SIDEKEY_UPDATE_GOLDEN").is_some();
@@ -34,13 +37,35 @@ fn golden_outputs_are_current() {
             _ => SidecarMode::Native,
         };
         let input = Input::read(&[case.join("input.yaml")]).unwrap();
-        let rendered = offline::render(&input, &opts(mode)).unwrap();
-        let yaml = offline::to_yaml(&rendered);
-        let golden = case.join("output.yaml");
-        if update {
-            std::fs::write(&golden, &yaml).unwrap();
-        } else if std::fs::read_to_string(&golden).unwrap_or_default() != yaml {
-            stale.push(format!("{}\n--- got:\n{yaml}", golden.display()));
+        let yaml = offline::to_yaml(&offline::preview(&input, &opts(mode)));
+        let refused = match offline::render(&input, &opts(mode)) {
+            Ok(rendered) => {
+                assert_eq!(
+                    offline::to_yaml(&rendered),
+                    yaml,
+                    "{}: render differs from its preview",
+                    case.display()
+                );
+                None
+            }
+            Err(e) => Some(format!("{e}\n")),
+        };
+        for (golden, want) in [(case.join("output.yaml"), Some(yaml)), (case.join("refused.txt"), refused)] {
+            let have = std::fs::read_to_string(&golden).ok();
+            if update {
+                match &want {
+                    Some(text) => std::fs::write(&golden, text).unwrap(),
+                    None => {
+                        let _ = std::fs::remove_file(&golden);
+                    }
+                }
+            } else if have != want {
+                stale.push(format!(
+                    "{}\n--- got:\n{}",
+                    golden.display(),
+                    want.unwrap_or_else(|| "(no file)".into())
+                ));
+            }
         }
     }
     assert!(
@@ -53,7 +78,13 @@ fn golden_outputs_are_current() {
 fn render_case(name: &str) -> Vec<offline::Rendered> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     let input = Input::read(&[dir.join("input.yaml")]).unwrap();
-    offline::render(&input, &opts(SidecarMode::Native)).unwrap()
+    offline::preview(&input, &opts(SidecarMode::Native))
+}
+
+fn render_text(yaml: &str) -> Result<Vec<offline::Rendered>, String> {
+    let mut input = Input::read(&[]).unwrap();
+    input.add_text("test.yaml", yaml).map_err(|e| e.to_string())?;
+    offline::render(&input, &opts(SidecarMode::Native)).map_err(|e| e.to_string())
 }
 
 fn targets(r: &offline::Rendered) -> Vec<String> {
@@ -147,6 +178,20 @@ fn conflict_oldest_policy_wins() {
     assert!(accepted.message.contains("apps/older"), "{}", accepted.message);
 }
 
+/// A policy that would not be Accepted is refused by `render`: applying the files would not
+/// do what a successful preview claims.
+#[test]
+fn render_refuses_a_conflicted_policy_naming_the_winner() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/conflict");
+    let input = Input::read(&[dir.join("input.yaml")]).unwrap();
+    let err = offline::render(&input, &opts(SidecarMode::Native)).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "authpolicy/apps/newer: would not be Accepted (Conflicted): Deployment apps/hello is already protected by \
+         AuthPolicy apps/older (the oldest policy wins)"
+    );
+}
+
 #[test]
 fn cross_namespace_needs_a_reference_grant() {
     let r = render_case("cross-namespace");
@@ -170,25 +215,95 @@ fn render_errors_name_the_file_object_and_field() {
     let file = dir.path().join("bad.yaml");
     std::fs::write(
         &file,
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  targetRefs: [{kind: Service, name: s}]\n  provider: {type: oidc, issuerURL: https://i, clientSecretRef: {name: s, key: k}}\n  access: {emailDomains: [x]}\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: 5}\n",
     )
     .unwrap();
     let err = Input::read(std::slice::from_ref(&file)).err().unwrap().to_string();
-    assert!(err.contains("bad.yaml: document 2 (AuthPolicy a/p): spec.provider"), "{err}");
-    assert!(err.contains("clientID"), "{err}");
+    assert!(err.contains("bad.yaml: document 2 (Service a/s): spec.ports"), "{err}");
 
     std::fs::write(&file, "kind: [unclosed\n").unwrap();
     let err = Input::read(std::slice::from_ref(&file)).err().unwrap().to_string();
     assert!(err.contains("bad.yaml: not valid YAML"), "{err}");
+}
 
-    std::fs::write(
-        &file,
-        "apiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  targetRefs: [{kind: Service, name: s}]\n  provider: {type: oidc, issuerURL: https://i, clientID: c, clientSecretRef: {name: s, key: k}}\n  access: {emailDomains: [x]}\n  skipAuth: {routes: [{path: \"^/(unclosed\"}]}\n",
+const SERVICE_AND_DEPLOYMENT: &str = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: a}
+spec: {selector: {app: s}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: s, namespace: a}
+spec:
+  selector: {matchLabels: {app: s}}
+  template:
+    metadata: {labels: {app: s}}
+    spec: {containers: [{name: s, image: s, ports: [{containerPort: 8080}]}]}
+";
+
+fn policy_yaml(spec_extra: &str) -> String {
+    format!(
+        "apiVersion: sidekey.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: p, namespace: a}}\nspec:\n  \
+         targetRefs: [{{kind: Service, name: s}}]\n  redirectURL: https://s.example.com/oauth2/callback\n  \
+         provider: {{type: oidc, issuerURL: https://idp.example.com, clientID: c, clientSecretRef: {{name: s, key: k}}}}\n{spec_extra}"
     )
-    .unwrap();
-    let input = Input::read(&[file]).unwrap();
-    let err = offline::render(&input, &opts(SidecarMode::Native)).err().unwrap().to_string();
-    assert!(err.contains("AuthPolicy a/p is invalid: skipAuth.routes[0].path"), "{err}");
+}
+
+/// `render` gives the API server's verdict first, then the controller's, in their words.
+#[test]
+fn render_refuses_what_the_api_server_or_the_controller_would() {
+    let ok = render_text(&format!(
+        "{}  access: {{emailDomains: [example.com]}}\n{SERVICE_AND_DEPLOYMENT}",
+        policy_yaml("")
+    ));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let cases = [
+        // Once rendered as --email-domain=*: an empty access block now fails like on the server.
+        (
+            "  access: {}\n",
+            "authpolicy/a/p: spec.access: Invalid value: access needs at least one rule (emailDomains, allowedEmails or allowedGroups): \
+             with none, no one could sign in",
+        ),
+        (
+            "  access: {emailDomains: [x]}\n  foo: 1\n",
+            "authpolicy/a/p: .spec.foo: field not declared in schema",
+        ),
+        (
+            "  access: {emailDomains: [x]}\n  skipAuth: {routes: [{path: \"^/(unclosed\"}]}\n",
+            "authpolicy/a/p: skipAuth.routes[0].path: \"^/(unclosed\" is not a valid regular expression",
+        ),
+        (
+            "  access: {emailDomains: [x]}\n  sidecar: {extraArgs: [--cookie-samsite=strict]}\n",
+            "authpolicy/a/p: sidecar.extraArgs[0]: --cookie-samsite is not a sidekey-proxy flag; did you mean --cookie-samesite?",
+        ),
+    ];
+    for (extra, want) in cases {
+        let err = render_text(&format!("{}{extra}{SERVICE_AND_DEPLOYMENT}", policy_yaml("")))
+            .err()
+            .unwrap();
+        assert!(err.starts_with(want), "{extra}\n{err}");
+    }
+}
+
+/// A policy whose targets are not all in the input would preview less than it does.
+#[test]
+fn render_refuses_targets_missing_from_the_input() {
+    let lone = format!("{}  access: {{emailDomains: [example.com]}}\n", policy_yaml(""));
+    assert_eq!(
+        render_text(&lone).err().unwrap(),
+        "authpolicy/a/p: would not be Accepted (TargetNotFound): Service a/s not found"
+    );
+    // One of two targets present: Accepted, and still refused.
+    let two = lone.replace(
+        "targetRefs: [{kind: Service, name: s}]",
+        "targetRefs: [{kind: Service, name: s}, {kind: Service, name: gone}]",
+    );
+    assert_eq!(
+        render_text(&format!("{two}{SERVICE_AND_DEPLOYMENT}")).err().unwrap(),
+        "authpolicy/a/p: target not in the input: Service a/gone not found"
+    );
 }
 
 #[test]

@@ -317,3 +317,19 @@ async fn a_controller_started_without_gateway_api_notices_when_it_is_installed()
     assert_eq!(asked.len(), 4);
     assert!(asked.iter().all(|(_, a)| a == "GET /apis/gateway.networking.k8s.io/v1/httproutes"));
 }
+
+#[test]
+fn broken_watches_retry_within_seconds_and_start_over_after_an_event() {
+    use kube::runtime::utils::Backoff;
+    use sidekey_controller::runtime::WatchBackoff;
+    let mut b = WatchBackoff::default();
+    let delays: Vec<Duration> = (&mut b).take(10).collect();
+    assert!(delays[0] <= Duration::from_millis(320), "{delays:?}");
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_secs(5)),
+        "capped at 4 s (+25% jitter): {delays:?}"
+    );
+    assert!(delays[9] >= Duration::from_secs(3), "it does back off: {delays:?}");
+    b.reset();
+    assert!(b.next().unwrap() <= Duration::from_millis(320));
+}

@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = RenderOptions {
         proxy_image: "ghcr.io/sidekey-dev/sidekey-proxy:fuzz".into(),
         mode: SidecarMode::Native,
+        service_account_issuer: None,
     };
     if let Ok(rendered) = render(&input, &opts) {
         let _ = to_yaml(&rendered);

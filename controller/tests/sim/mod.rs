@@ -105,6 +105,8 @@ struct ApiServer {
     /// Write requests seen, and how many of them were failed on purpose.
     write_requests: AtomicU64,
     injected: AtomicU64,
+    /// Write requests seen per `Faults::fail_first` suffix.
+    targeted: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Faults the simulated server injects.
@@ -116,6 +118,9 @@ pub struct Faults {
     /// Restart every watch (a relist, as after a dropped watch or a 410 Gone) once half the
     /// policies are Ready.
     pub restart_watches_midway: bool,
+    /// Targeted faults: the first `n` write requests to a path ending in `suffix` fail (409 or
+    /// 500 as with `fail_every`), the ones after succeed.
+    pub fail_first: &'static [(&'static str, u64)],
 }
 
 fn to_value<T: Serialize>(t: &T) -> Value {
@@ -174,15 +179,28 @@ impl ApiServer {
 
     fn handle(&self, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let fail = |api: &ApiServer| {
+            api.injected.fetch_add(1, Ordering::Relaxed);
+            if path.contains("/authpolicies/") {
+                status(409, "Conflict")
+            } else {
+                status(500, "InternalError")
+            }
+        };
+        if matches!(*method, Method::PATCH | Method::POST)
+            && let Some((suffix, n)) = self.faults.fail_first.iter().find(|(suffix, _)| path.ends_with(suffix))
+        {
+            let mut seen = self.targeted.lock().unwrap();
+            let seen = seen.entry(*suffix).or_default();
+            *seen += 1;
+            if *seen <= *n {
+                return fail(self);
+            }
+        }
         if self.faults.fail_every > 0 && !path.contains("/events") && matches!(*method, Method::PATCH | Method::POST) {
             let n = self.write_requests.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(self.faults.fail_every) {
-                self.injected.fetch_add(1, Ordering::Relaxed);
-                return if path.contains("/authpolicies/") {
-                    status(409, "Conflict")
-                } else {
-                    status(500, "InternalError")
-                };
+                return fail(self);
             }
         }
         let mut world = self.world.lock().unwrap();
@@ -449,6 +467,7 @@ pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
         faults,
         write_requests: AtomicU64::new(0),
         injected: AtomicU64::new(0),
+        targeted: Mutex::default(),
     });
 
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -494,6 +513,7 @@ pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
     let opts = RenderOptions {
         proxy_image: "ghcr.io/sidekey-dev/sidekey-proxy:v0.1.0".into(),
         mode: SidecarMode::Native,
+        service_account_issuer: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (cache, running) = runtime::controller(sources, kube::Client::new(mock, "default"), opts.clone(), metrics.clone(), async {

@@ -1,0 +1,11 @@
+//! sidekey against a real Kubernetes API server (v1.36 from the `shared/kube` rig): the CRD
+//! and install manifests as the server accepts them, every schema and CEL rule as the server
+//! enforces it, and the controller binary's whole life under the chart's own RBAC, with
+//! leader election and an API server that goes away mid-rollout.
+//!
+//! Run through `tests/k8s/with-cluster.sh` (`make test` does); see support.rs.
+
+mod support;
+
+mod controller;
+mod schema;
