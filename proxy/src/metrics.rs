@@ -105,7 +105,7 @@ impl Metrics {
         );
         r.register(
             "upstream_errors",
-            "Upstream failures by kind (unreachable, timeout, no_route)",
+            "Upstream failures by kind (unreachable, timeout, no_route, switched_protocols)",
             m.upstream_errors.clone(),
         );
         m

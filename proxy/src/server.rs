@@ -1,6 +1,7 @@
 //! The listeners: HTTP/1.1 and h2c on `http_address`, HTTP/1.1 and h2 (ALPN) over TLS on
-//! `https_address`; upgrades allowed, header read timeout and size limits, and a graceful
-//! shutdown that lets in-flight requests finish within a bound.
+//! `https_address`; upgrades allowed, one request-head deadline for every protocol (see
+//! [`head_deadline`](crate::head_deadline)), size limits, and a graceful shutdown that lets
+//! in-flight requests finish within a bound.
 //!
 //! Workers: one single-threaded runtime per CPU the process may use, each accepting on its
 //! own `SO_REUSEPORT` socket, so a connection, its upstream connections and every task
@@ -24,17 +25,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::head_deadline::{Closing, Cut, Watch, WatchedBody};
 use crate::idle_timeout::{self, Activity, Tracked};
+
+pub use crate::head_deadline::MAX_PENDING_HEADS;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-/// A client must finish sending its request headers this soon (slowloris defence).
+/// A connection must bring a complete request head (TLS handshake included) this soon
+/// after opening, and again after its last response, over HTTP/1.1 and HTTP/2 alike; an
+/// HTTP/2 HEADERS frame beside other streams this soon after its first byte (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A kept-alive connection that moves no byte for this long is closed (nginx's
-/// `keepalive_timeout` is 75 s); a request in flight still gets its answer.
+/// A connection with a request in flight that moves no byte for this long is shut down
+/// (nginx's `keepalive_timeout` is 75 s); the request still gets its answer. Without one in
+/// flight, the next head is due at [`HEADER_READ_TIMEOUT`].
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A TLS handshake that takes longer is a slowloris, not a client.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams in flight on one HTTP/2 connection (hyper's default is 200): each holds a
+/// request and an upstream exchange, so one client connection cannot hold hundreds.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Request line plus headers; oversize requests get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -152,7 +160,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
 }
 
@@ -182,17 +191,22 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
         let open = Open::new();
         connections.spawn(async move {
             let _open = open;
+            // Made in the connection's own task: see `Watch::cut`.
+            let watch = Watch::new(HEADER_READ_TIMEOUT);
             let activity = Activity::new();
             let stream = Tracked::new(stream, activity.clone());
             match tls {
-                None => serve_connection(&builder, stream, app, peer, scheme, &activity, &stop).await,
+                None => serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop).await,
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    watch.handshake_started();
+                    let stream = tokio::select! {
+                        accepted = acceptor.accept(stream) => match accepted {
+                            Ok(s) => s,
+                            Err(e) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        },
+                        _ = watch.cut(None) => return tracing::debug!("TLS handshake not done by the request-head deadline"),
                     };
-                    serve_connection(&builder, stream, app, peer, scheme, &activity, &stop).await
+                    serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop).await
                 }
             }
         });
@@ -210,7 +224,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
 }
 
 /// Serves one connection until it closes. On shutdown, or once the client has been silent
-/// too long, it is shut down gracefully: no new requests, the one in flight answered.
+/// too long, it is shut down gracefully: no new requests, the one in flight answered. A
+/// connection whose request head is overdue is shut down too, and dropped once nothing is
+/// in flight or [`HEADER_READ_TIMEOUT`] later; one pushed out by newer unfinished heads is
+/// dropped at once (see [`head_deadline`](crate::head_deadline)).
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
@@ -218,31 +236,56 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     scheme: &'static str,
     activity: &Activity,
+    watch: &Watch,
     stop: &CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = watch.requests();
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(req, peer, scheme).await) }
+        let in_flight = requests.request();
+        async move {
+            let resp = app.handle(req, peer, scheme).await;
+            Ok::<_, Infallible>(resp.map(|body| WatchedBody::new(body, in_flight)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut closing = false;
+    let mut closing: Option<Closing> = None;
+    let close = |by: Option<Duration>| {
+        let since = tokio::time::Instant::now();
+        Some(Closing {
+            since,
+            by: by.map(|d| since + d),
+        })
+    };
     loop {
         tokio::select! {
+            // The connection first: the deadline is then looked at after every poll that
+            // may have moved it, with no wake-up needed (see `Watch::cut`).
+            biased;
             done = conn.as_mut() => {
                 if let Err(e) = done {
                     tracing::debug!(error = %e, "connection closed with error");
                 }
                 return;
             }
-            () = stop.cancelled(), if !closing => {
-                closing = true;
+            cut = watch.cut(closing) => match cut {
+                Cut::Overdue => {
+                    tracing::debug!("closing a connection whose request head is overdue");
+                    closing = close(Some(HEADER_READ_TIMEOUT));
+                    conn.as_mut().graceful_shutdown();
+                }
+                Cut::Evicted => return tracing::debug!("dropped a connection with an unfinished request head: too many"),
+                Cut::Closed => return,
+            },
+            () = stop.cancelled(), if closing.is_none() => {
+                closing = close(None);
                 conn.as_mut().graceful_shutdown();
             }
-            () = idle_timeout::expired(activity, HEADER_READ_TIMEOUT, IDLE_TIMEOUT), if !closing => {
-                closing = true;
+            () = idle_timeout::expired(activity, HEADER_READ_TIMEOUT, IDLE_TIMEOUT), if closing.is_none() => {
+                closing = close(None);
                 tracing::debug!("closing an idle connection");
                 conn.as_mut().graceful_shutdown();
             }

@@ -1,12 +1,13 @@
 //! Forwarding to upstreams: longest-prefix routing, streaming bodies both ways, WebSocket
-//! upgrades, `static://` responses and `file://` directories.
+//! upgrades (and no other protocol switch, see [`crate::upgrade`]), `static://` responses
+//! and `file://` directories.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -16,6 +17,7 @@ use crate::body::{Body, empty, full};
 use crate::config::{Upstream, UpstreamTarget};
 use crate::forwarded::Origin;
 use crate::http_client::{HttpsConnector, https_connector, tls_config};
+use crate::upgrade::{self, Switch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -25,6 +27,8 @@ pub enum UpstreamError {
     Unreachable { origin: String, message: String },
     #[error("upstream {origin} did not answer within {timeout:?}")]
     Timeout { origin: String, timeout: Duration },
+    #[error("upstream {origin} switched protocols without our agreement: {message}")]
+    Switched { origin: String, message: &'static str },
 }
 
 pub struct Upstreams {
@@ -42,15 +46,19 @@ struct Pools {
     h2c: Client<HttpsConnector, Incoming>,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy. `HTTP2-Settings` belongs to
+/// an h2c upgrade (RFC 7540 §3.2), which is never passed on.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
 ];
 
 impl Upstreams {
@@ -121,27 +129,40 @@ impl Upstreams {
             .get(header::HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let upgrade = wants_upgrade(req.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        if req.method() == Method::CONNECT {
+            return Ok(upgrade::connect_refused());
+        }
+        // An h2c upstream speaks HTTP/2, where there is no `Upgrade` to pass on.
+        let switch = match upgrade::requested(&req) {
+            Ok(_) if h2c => Switch::None,
+            Ok(switch) => switch,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket handshake refused");
+                return Ok(upgrade::refusal(e));
+            }
+        };
+        let websocket = match switch {
+            Switch::WebSocket { accept } => Some((accept, hyper::upgrade::on(&mut req))),
+            Switch::None => None,
+        };
 
         let headers = req.headers_mut();
         // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
         let te_trailers = headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        remove_hop_by_hop(headers);
+        // The headers `Connection` named went on arrival (`headers::remove_connection_nominated`),
+        // before the proxy set its own; reading it again here would let it delete those.
+        crate::headers::remove_all_spellings(headers, HOP_BY_HOP);
         if te_trailers && h2c {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if let Some(proto) = &upgrade {
+        if websocket.is_some() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        // A trusted front end's chain is extended; anyone else's claims are replaced.
-        if !from.trusted {
-            headers.remove("x-forwarded-for");
-            headers.remove("x-real-ip");
-        }
+        // A trusted front end's chain is extended; an untrusted peer's was removed on
+        // arrival (`Origin::read`), so the chain starts at the peer.
         append_forwarded_for(headers, peer);
         headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(from.scheme));
         if let Some(host) = from
@@ -181,13 +202,21 @@ impl Upstreams {
                 message: crate::http_client::error_chain(&e),
             })?;
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            return Ok(switch_protocols(response, client_upgrade));
+        // Relaying any other 101 would hand the client a tunnel to the app (hyper has already
+        // switched the upstream connection, which dropping the response closes).
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let switched = |message| UpstreamError::Switched {
+                origin: origin_text.to_string(),
+                message,
+            };
+            let Some((accept, client)) = websocket else {
+                return Err(switched("it answered 101 to a request that asked for no protocol switch"));
+            };
+            upgrade::upstream_completed(response.headers(), &accept).map_err(switched)?;
+            return Ok(switch_protocols(response, client));
         }
         let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
+        remove_hop_by_hop_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
     }
 }
@@ -206,23 +235,16 @@ fn switch_protocols(mut upstream: Response<Incoming>, client: hyper::upgrade::On
             Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
         }
     });
-    let (parts, _) = upstream.into_parts();
+    let (mut parts, _) = upstream.into_parts();
+    remove_hop_by_hop_response(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     Response::from_parts(parts, empty())
 }
 
-/// The protocol a client asks to upgrade to (WebSocket), if the request really is an upgrade.
-fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
-}
-
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
+/// An upstream response's hop-by-hop headers, with those its `Connection` names. The proxy
+/// sets its own response headers after this.
+fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -230,11 +252,12 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    for name in named {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {

@@ -1,6 +1,7 @@
 //! Skip-auth and API routes over raw HTTP (no client library normalizes the path first):
 //! the rules see the decoded, resolved path without the query, and the upstream receives
-//! exactly that path.
+//! exactly that path. The echo upstream shows what arrived; a real Tomcat 10 shows what a
+//! servlet container makes of `;` path parameters.
 
 mod support;
 
@@ -172,4 +173,186 @@ async fn api_routes_answer_401_instead_of_a_login() {
         "only the normalized prefix counts"
     );
     assert_eq!(raw(&p, "GET", "/public/../api/items", "").await.0, 401);
+}
+
+/// Issue 19, item 2: servlet path parameters. Tomcat (like Jetty and Spring) removes `;…`
+/// from every segment before it resolves dot segments, so `/public/..;/private/x` is
+/// `/private/x` to it, and `/private/x;.png` is `/private/x`; nginx, Go, Node and Python
+/// read the same bytes as other paths. Each payload is sent raw through the proxy to a real
+/// Tomcat 10: no unauthenticated answer may contain the protected file.
+///
+/// These open the protected file when sent straight to Tomcat (checked below, so the list
+/// cannot go stale): a proxy that passes any of them on unauthenticated is bypassed.
+const SERVLET_BYPASSES: &[&str] = &[
+    "/public/..;/private/secret.txt",
+    "/public/%2e%2e;/private/secret.txt",
+    "/public/%2E%2E;/private/secret.txt",
+    "/public/.%2e;/private/secret.txt",
+    "/public/x/..;/..;/private/secret.txt",
+    "/public/.;/..;/private/secret.txt",
+    "/public/..;foo/private/secret.txt",
+    "/public/..;jsessionid=1/private/secret.txt",
+    "/public//..;/private/secret.txt",
+    "/public/hello.txt/..;/../private/secret.txt",
+    "/public/..;/private/./secret.txt",
+    "/public;/../private/secret.txt",
+    "/public;x=1/../private/secret.txt",
+    "/public/..;/public/../private/secret.txt",
+    "/img/..;/private/secret.txt",
+    "/public/..;%5c..;/private/secret.txt",
+    "/private/secret.txt;.png",
+    "/private/secret.txt;jsessionid=1.png",
+    "/private/secret.txt;x=.png",
+    "/private;x=1/secret.txt;.png",
+];
+
+/// More of the class that do not open it on Tomcat as sent (`%3B` is a literal character
+/// there, a climb above the root is a 400), but do once a proxy decodes the escape into a raw
+/// `;` on the way, as this proxy once did, or resolves the dots differently.
+const SERVLET_VARIANTS: &[&str] = &[
+    "/public/..;/..;/..;/private/secret.txt",
+    "/public/..%3b/private/secret.txt",
+    "/public/..%3B/private/secret.txt",
+    "/public/%2e%2e%3b/private/secret.txt",
+    "/public/.%3b/..%3b/private/secret.txt",
+    "/public/..%3bfoo/private/secret.txt",
+    "/private/secret.txt%3b.png",
+    "/private/secret.txt%3Bjsessionid=1.png",
+    "/%2e%2e;/private/secret.txt",
+    "/public/%252e%252e;/private/secret.txt",
+    "/public/..;%2fprivate/secret.txt",
+    "/private/secret.txt;/.png",
+];
+
+async fn tomcat_proxy(tomcat: &Tomcat, upstream: Option<&str>) -> Proxy {
+    let args = Proxy::args(
+        &dead_issuer(),
+        upstream.unwrap_or(&tomcat.url),
+        &[
+            "--skip-auth-route=GET=^/public/",
+            "--skip-auth-regex=\\.png$",
+            "--api-route=^/api/",
+            "--reverse-proxy=true",
+        ],
+    );
+    Proxy::start(Proxy::bind().await, &args).await
+}
+
+fn signed_in_cookie() -> String {
+    let now = now_secs();
+    let s = sidekey_proxy::session::Session {
+        user: "alice@example.com".into(),
+        email: "alice@example.com".into(),
+        created_at: now,
+        expires_at: now + 3600,
+        ..Default::default()
+    };
+    format!("Cookie: _oauth2_proxy={}\r\n", seal_session(&s))
+}
+
+#[tokio::test]
+async fn servlet_path_parameters_never_open_a_protected_file_on_tomcat() {
+    let tomcat = Tomcat::start().await;
+    let p = tomcat_proxy(&tomcat, None).await;
+    for target in SERVLET_BYPASSES {
+        let (status, body) = raw_http(tomcat.addr, "GET", target, "").await;
+        assert!(
+            status == 200 && body.contains(TOMCAT_SECRET),
+            "{target} no longer opens the file on Tomcat itself ({status}): the payload list is stale"
+        );
+    }
+    for target in SERVLET_BYPASSES.iter().chain(SERVLET_VARIANTS) {
+        let (status, body) = raw_http(p.addr, "GET", target, "").await;
+        assert!(
+            !body.contains(TOMCAT_SECRET),
+            "{target}: the protected file, unauthenticated ({status})"
+        );
+        assert_eq!(status, 403, "{target} must need a login: {body}");
+    }
+    // API routes are matched as a servlet container maps the path, too: 401, not a login.
+    for target in [
+        "/api;v=1/items",
+        "/public/..;/api/items",
+        "/api/x;jsessionid=1",
+        "/x/..%3B/api/items",
+    ] {
+        assert_eq!(raw_http(p.addr, "GET", target, "").await.0, 401, "{target}");
+    }
+    // The routes themselves still work, and what the rule matched is what Tomcat received.
+    let (status, body) = raw_http(p.addr, "GET", "/public/hello.txt", "").await;
+    assert_eq!((status, body.contains(TOMCAT_HELLO)), (200, true), "{body}");
+    let (status, body) = raw_http(p.addr, "GET", "/img/logo.png", "").await;
+    assert_eq!((status, body.contains("png-by-rule")), (200, true), "{body}");
+    for (target, received) in [
+        ("/public/echo/a%20b", "/public/echo/a%20b"),
+        ("/private/..;/public/echo/x", "/public/echo/x"),
+        ("/private/%2e%2e;x/public/echo/x", "/public/echo/x"),
+        ("/public/echo/x/..%3b/y", "/public/echo/y"),
+    ] {
+        let (status, body) = raw_http(p.addr, "GET", target, "").await;
+        assert_eq!(status, 200, "{target}: {body}");
+        assert!(body.contains(&format!("requestURI={received}\n")), "{target}: {body}");
+    }
+    // Path parameters on a public path are refused a skip rather than guessed at: servlet
+    // containers and everything else disagree about what they name.
+    for target in [
+        "/public;x=1/hello.txt",
+        "/public/hello.txt;jsessionid=1",
+        "/public/echo/a;b",
+        "/public/echo/a%3Bb",
+        "/public/echo/a%3b.png",
+        "/public/echo/%252e%252e/x",
+    ] {
+        let (status, body) = raw_http(p.addr, "GET", target, "").await;
+        assert_eq!(status, 403, "{target} must need a login: {body}");
+        assert!(body.contains("Sign in"), "{target}: {body}");
+    }
+    // Signed in, nothing depends on the parameters: they reach Tomcat as the client sent
+    // them (URL-rewritten `;jsessionid=` keeps working), and an encoded `;` stays encoded.
+    let cookie = signed_in_cookie();
+    let (status, body) = raw_http(p.addr, "GET", "/public/echo/a;jsessionid=1/b%3Bc", &cookie).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("requestURI=/public/echo/a;jsessionid=1/b%3Bc\n"), "{body}");
+    assert!(body.contains("resolved=/public/echo/a/b;c"), "{body}");
+    let (status, body) = raw_http(p.addr, "GET", "/private/secret.txt;jsessionid=1", &cookie).await;
+    assert_eq!((status, body.contains(TOMCAT_SECRET)), (200, true), "{body}");
+}
+
+#[tokio::test]
+async fn forward_auth_refuses_servlet_path_parameters() {
+    let tomcat = Tomcat::start().await;
+    // `/oauth2/auth` (nginx auth_request, Caddy, Envoy) and a static upstream answering the
+    // front end's subrequest (the Traefik pattern).
+    let p = tomcat_proxy(&tomcat, None).await;
+    let traefik = tomcat_proxy(&tomcat, Some("static://202")).await;
+    for target in SERVLET_BYPASSES.iter().chain(SERVLET_VARIANTS) {
+        let headers = format!("X-Forwarded-Uri: {target}\r\nX-Forwarded-Method: GET\r\n");
+        let envoy = format!("/oauth2/auth{target}");
+        for (what, proxy, path, headers) in [
+            ("X-Forwarded-Uri", &p, "/oauth2/auth", headers.as_str()),
+            ("Envoy path", &p, envoy.as_str(), ""),
+            ("static upstream", &traefik, "/", headers.as_str()),
+        ] {
+            let (status, _) = raw_http(proxy.addr, "GET", path, headers).await;
+            if (200..300).contains(&status) {
+                // The front end would now send the client's request, as it came, to the app.
+                let (_, body) = raw_http(tomcat.addr, "GET", target, "").await;
+                assert!(
+                    !body.contains(TOMCAT_SECRET),
+                    "{what}: {target} answered {status} and Tomcat returns the protected file"
+                );
+            }
+            assert!(matches!(status, 401 | 403), "{what}: {target} must need a session: {status}");
+        }
+    }
+    for target in ["/public/hello.txt", "/img/logo.png", "/public/echo/a%20b"] {
+        let headers = format!("X-Forwarded-Uri: {target}\r\n");
+        assert_eq!(raw_http(p.addr, "GET", "/oauth2/auth", &headers).await.0, 202, "{target}");
+        assert_eq!(
+            raw_http(p.addr, "GET", &format!("/oauth2/auth{target}"), "").await.0,
+            202,
+            "{target}"
+        );
+        assert_eq!(raw_http(traefik.addr, "GET", "/", &headers).await.0, 202, "{target}");
+    }
 }

@@ -1,14 +1,18 @@
-//! Faults the proxy must ride out: slowloris clients, ten thousand idle connections, an
-//! upstream that resets or abandons connections, SIGTERM in the middle of load. Each with
-//! the outcome the design promises. Sessions are sealed by the test (it knows the cookie
-//! secret), so no identity provider is involved.
+//! Faults the proxy must ride out: slowloris clients over HTTP/1.1 and h2c, ten thousand
+//! idle connections, thousands of unfinished HTTP/2 heads, an upstream that resets or
+//! abandons connections, SIGTERM in the middle of load. Each with the outcome the design
+//! promises. Sessions are sealed by the test (it knows the cookie secret), so no identity
+//! provider is involved.
 
+#[path = "support/h2_frames.rs"]
+mod h2_frames;
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sidekey_proxy::server::HEADER_READ_TIMEOUT;
+use h2_frames as h2;
+use sidekey_proxy::server::{HEADER_READ_TIMEOUT, MAX_PENDING_HEADS};
 use sidekey_proxy::session::Session;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,6 +87,106 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
         );
         assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
+}
+
+/// Whether a connection was cut at the request-head deadline, `d` after its clock started.
+fn cut_at_head_deadline(d: Duration) -> bool {
+    d >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && d < HEADER_READ_TIMEOUT + Duration::from_secs(4)
+}
+
+/// One byte of a HEADERS frame every 200 ms: a padded frame of some 200 bytes would take
+/// 40 s to arrive, and the byte-silence timeout never fires.
+const DRIP: Duration = Duration::from_millis(200);
+
+/// The HTTP/2 forms of a slowloris, each on its own h2c (prior knowledge) connections, all
+/// at once: a HEADERS frame dribbled on a fresh connection; the whole connection (preface,
+/// SETTINGS, HEADERS) dribbled; the next HEADERS dribbled after a request was served; and a
+/// HEADERS frame dribbled beside a stream still in flight. hyper's header read timeout is
+/// HTTP/1.1 only, and HTTP/2 has none: before the fix every one of them stayed open.
+#[tokio::test]
+async fn h2c_slow_headers_are_cut_at_the_head_deadline_and_others_are_served() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
+    let addr = proxy.addr;
+    let limit = Duration::from_secs(26);
+    let mut conns = Vec::new();
+    for i in 0..80 {
+        conns.push(tokio::spawn(async move {
+            let kind = ["fresh", "whole", "after a request", "beside a stream"][i % 4];
+            let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut since = tokio::time::Instant::now();
+            let mut frames = h2::Frames::new(r);
+            let slow = h2::request(3, "GET", "/page", &[], true, 200);
+            match kind {
+                "fresh" => w.write_all(&h2::opening()).await.unwrap(),
+                "whole" => {}
+                "after a request" => {
+                    w.write_all(&h2::opening()).await.unwrap();
+                    w.write_all(&h2::request(1, "GET", "/ping", &[], true, 0)).await.unwrap();
+                    assert!(frames.until_end_of(1).await, "{kind}: /ping answered");
+                    // The connection is idle from here: its next head is due in 10 s.
+                    since = tokio::time::Instant::now();
+                }
+                _ => {
+                    // A request with a body that never comes: in flight at the upstream.
+                    let cookie = session_cookie();
+                    w.write_all(&h2::opening()).await.unwrap();
+                    w.write_all(&h2::request(1, "POST", "/upload", &[("cookie", &cookie)], false, 0))
+                        .await
+                        .unwrap();
+                    since = tokio::time::Instant::now();
+                }
+            }
+            let bytes = if kind == "whole" { [h2::opening(), slow].concat() } else { slow };
+            let drip = tokio::spawn(async move { h2::dribble(&mut w, &bytes, DRIP).await });
+            let closed = frames.until_closed(since, limit).await;
+            drip.abort();
+            (kind, closed)
+        }));
+    }
+    // Meanwhile real clients are served at once, over HTTP/1.1 and h2c.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        let t = Instant::now();
+        assert_eq!(signed_in_get(&format!("{}/page", proxy.url)).await.unwrap().status(), 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "served despite 80 slow clients");
+    }
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("{}/page", proxy.url))
+        .header("cookie", session_cookie())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(client.send_request(req).await.unwrap().status(), 200, "an h2c request is served");
+
+    let mut seen: std::collections::BTreeMap<&str, (Duration, Duration)> = Default::default();
+    for c in conns {
+        let (kind, closed) = c.await.unwrap();
+        let Some((closed, goaway)) = closed else {
+            panic!("{kind}: still open after {limit:?}");
+        };
+        let span = seen.entry(kind).or_insert((closed, closed));
+        *span = (span.0.min(closed), span.1.max(closed));
+        if kind == "beside a stream" {
+            // The head is overdue at 10 s: GOAWAY, and the stream in flight gets another
+            // 10 s (it cannot progress: the unfinished HEADERS blocks the client's frames).
+            let goaway = goaway.unwrap_or_else(|| panic!("{kind}: no GOAWAY before the close at {closed:?}"));
+            assert!(cut_at_head_deadline(goaway), "{kind}: GOAWAY at {goaway:?}");
+            assert!(
+                closed < 2 * HEADER_READ_TIMEOUT + Duration::from_secs(4),
+                "{kind}: closed at {closed:?}"
+            );
+        } else {
+            assert!(
+                cut_at_head_deadline(closed),
+                "{kind}: closed at {closed:?}, not at the head deadline"
+            );
+        }
+    }
+    eprintln!("closed after (first, last): {seen:?}");
 }
 
 /// Raises this process's open-file limit (inherited by the proxy it spawns) to `want`.
@@ -189,6 +293,95 @@ async fn ten_thousand_idle_connections_cost_bounded_memory_and_are_reaped() {
     }
     assert_eq!(closed, N, "every idle connection is closed by the proxy");
     drop(idle);
+    eventually("the proxy's sockets to be released", Duration::from_secs(10), || async {
+        open_fds(pid) < 100
+    })
+    .await;
+}
+
+/// Whether the server has closed this connection (what it sent before is read and dropped).
+fn closed_by_server(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Per connection with an unfinished HTTP/2 head the proxy may hold at most this much (a
+/// debug build measures about 24 KiB: hyper's and h2's connection state and buffers).
+const PENDING_HEAD_BUDGET_KIB: u64 = 48;
+
+/// Thousands of h2c connections that send the preface, SETTINGS and the first bytes of a
+/// HEADERS frame, then nothing: the pentest's 3,000 held ~90 MiB for good. At most
+/// `MAX_PENDING_HEADS` unfinished heads are held at once (the oldest is cut for a newer
+/// one), each costs bounded memory, and every one is cut at the head deadline.
+#[tokio::test]
+async fn unfinished_h2_heads_are_capped_cost_bounded_memory_and_are_cut() {
+    const EXTRA: usize = 600;
+    let n = MAX_PENDING_HEADS + EXTRA;
+    allow_open_files(n as u64 + 1024);
+    let upstream = Upstream::start().await;
+    let (proxy, url) = spawn_binary(&upstream.url, &[]).await;
+    let pid = proxy.0.id();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let before = rss_kib(pid);
+    let partial = {
+        let mut v = h2::opening();
+        v.extend_from_slice(&h2::request(1, "GET", "/page", &[], true, 200)[..40]);
+        v
+    };
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&partial).await.unwrap();
+        conns.push(s);
+    }
+    let opened = Instant::now();
+    // The oldest are cut as newer ones arrive, long before their deadline.
+    eventually("the oldest unfinished heads to be cut", HEADER_READ_TIMEOUT / 2, || {
+        let cut = conns.iter().filter(|s| closed_by_server(s)).count();
+        async move { cut >= EXTRA }
+    })
+    .await;
+    // Oldest by when the proxy read them: its workers read in parallel, so not exactly in
+    // the order they connected, but none of the newer half.
+    let cut: Vec<usize> = (0..n).filter(|&i| closed_by_server(&conns[i])).collect();
+    assert!(
+        cut.len() <= EXTRA + 16 && cut.iter().all(|&i| i < n / 2),
+        "the oldest ones are cut, not others: {} cut, the newest at {:?}",
+        cut.len(),
+        cut.last()
+    );
+    let held = rss_kib(pid);
+    let per_connection = (held.saturating_sub(before)) as f64 / MAX_PENDING_HEADS as f64;
+    eprintln!("RSS {before} KiB idle, {held} KiB with {MAX_PENDING_HEADS} unfinished h2 heads: {per_connection:.2} KiB each");
+    assert!(
+        held.saturating_sub(before) < PENDING_HEAD_BUDGET_KIB * MAX_PENDING_HEADS as u64,
+        "{per_connection:.2} KiB per unfinished h2 head"
+    );
+    // Still serving while they sit there.
+    let t = Instant::now();
+    assert_eq!(signed_in_get(&format!("{url}/page")).await.unwrap().status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    eventually(
+        "every unfinished head to be cut at the deadline",
+        HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        || {
+            let open = conns.iter().filter(|s| !closed_by_server(s)).count();
+            async move { open == 0 }
+        },
+    )
+    .await;
+    let took = opened.elapsed();
+    eprintln!("all {n} cut {took:?} after the last one opened");
+    assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(2), "cut early: {took:?}");
+    drop(conns);
     eventually("the proxy's sockets to be released", Duration::from_secs(10), || async {
         open_fds(pid) < 100
     })

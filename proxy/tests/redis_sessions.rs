@@ -422,3 +422,213 @@ async fn redis_with_a_password() {
     assert!(why.contains("Redis") && !why.contains("s3cret"), "{why}");
     drop(env.idp);
 }
+
+/// The ticket a session cookie value carries, opened as the proxy opens it.
+fn ticket_of(value: &str) -> sidekey_proxy::session::store::Ticket {
+    use sidekey_proxy::session::codec::{Purpose, Sealer};
+    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
+    Sealer::new(&secret, Purpose::Ticket).open("_oauth2_proxy", value).unwrap()
+}
+
+/// A signed-in browser's session cookie value (a ticket), from a fresh login.
+async fn fresh_ticket(p: &str) -> String {
+    let c = browser();
+    session_cookie(&login(&c, p, "/", "alice", "alice-password").await)
+}
+
+async fn replay(p: &str, ticket: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{p}/x"))
+        .header("cookie", format!("_oauth2_proxy={ticket}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `/oauth2/sign_in` ends the session it replaces (the oauth2-proxy CVE-2026-34454 class):
+/// with Redis the cookie is only a ticket, so clearing it in one browser left a copy taken
+/// earlier (another browser, a stolen cookie) opening the stored session. Now the page
+/// deletes it, as sign-out does; and both delete every session the request names, not just
+/// the newest (a browser can hold one per cookie domain and path).
+#[tokio::test]
+async fn sign_in_and_sign_out_delete_every_stored_session_so_copies_die() {
+    let redis = Redis::start().await;
+    let env = setup(&redis.url(), &[], serde_json::json!({})).await;
+    let p = &env.proxy.url;
+    let client = browser();
+    let ticket = session_cookie(&login(&client, p, "/", "alice", "alice-password").await);
+    assert_eq!(replay(p, &ticket).await, 200, "a copy of the cookie works while the session lives");
+
+    let page = client.get(format!("{p}/oauth2/sign_in")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        set_cookie_value(&page, "_oauth2_proxy").as_deref(),
+        Some(""),
+        "the browser's cookie is cleared"
+    );
+    assert!(
+        redis.keys().await.is_empty(),
+        "the stored session is deleted: {:?}",
+        redis.keys().await
+    );
+    assert_eq!(replay(p, &ticket).await, 403, "a copy replayed after /oauth2/sign_in is refused");
+
+    for endpoint in ["/oauth2/sign_in", "/oauth2/sign_out"] {
+        let (a, b) = (fresh_ticket(p).await, fresh_ticket(p).await);
+        assert_eq!(redis.keys().await.len(), 2);
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{p}{endpoint}"))
+            .header("cookie", format!("_oauth2_proxy={a}; _oauth2_proxy={b}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status() == 200 || resp.status() == 302, "{endpoint}: {}", resp.status());
+        assert!(redis.keys().await.is_empty(), "{endpoint}: both sessions deleted");
+        assert_eq!((replay(p, &a).await, replay(p, &b).await), (403, 403), "{endpoint}");
+    }
+    drop(env.idp);
+}
+
+/// A new login in a browser that has a session replaces it: the old ticket's entry is
+/// deleted, not left valid until it expires.
+#[tokio::test]
+async fn a_new_login_deletes_the_stored_session_it_replaces() {
+    let redis = Redis::start().await;
+    let env = setup(&redis.url(), &[], serde_json::json!({})).await;
+    let p = &env.proxy.url;
+    let client = browser();
+    let old = session_cookie(&login(&client, p, "/", "alice", "alice-password").await);
+    let new = session_cookie(&login(&client, p, "/", "alice", "alice-password").await);
+    assert_ne!(old, new, "a login always starts a new session");
+    assert_eq!(redis.keys().await, vec![ticket_of(&new).redis_key("_oauth2_proxy")]);
+    assert_eq!(replay(p, &old).await, 403);
+    assert_eq!(replay(p, &new).await, 200);
+    drop(env.idp);
+}
+
+/// A refresh the provider refuses ends the session everywhere: the entry is deleted, so a
+/// copy of the cookie is refused too. The refresh token is spent by the test first, so the
+/// provider (rotating refresh tokens) refuses the proxy's use of it.
+#[tokio::test]
+async fn a_refused_refresh_deletes_the_stored_session() {
+    let redis = Redis::start().await;
+    let flags = [
+        "--scope=openid email profile offline_access",
+        "--prompt=consent",
+        "--cookie-refresh=1m",
+    ];
+    let env = setup(&redis.url(), &flags, serde_json::json!({ "rotateRefreshToken": true })).await;
+    let p = &env.proxy.url;
+    let client = browser();
+    let ticket = session_cookie(&login(&client, p, "/", "alice", "alice-password").await);
+    let key = ticket_of(&ticket).redis_key("_oauth2_proxy");
+    let stored = redis.get(&key).await.unwrap();
+    let session = ticket_of(&ticket).open("_oauth2_proxy", &stored).unwrap();
+    let refresh_token = session.refresh_token.expect("offline_access gives a refresh token");
+
+    let discovery: serde_json::Value = reqwest::get(format!("{}/.well-known/openid-configuration", env.idp.issuer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spent = reqwest::Client::new()
+        .post(discovery["token_endpoint"].as_str().unwrap())
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spent.status(), 200, "{}", spent.text().await.unwrap());
+
+    env.proxy.clock.advance(Duration::from_secs(120));
+    let resp = client.get(format!("{p}/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 403, "the session ended");
+    assert!(redis.get(&key).await.is_none(), "the stored session is deleted");
+    assert_eq!(replay(p, &ticket).await, 403, "a copy is refused too");
+    drop(env.idp);
+}
+
+/// The provider down and the tokens expired: the proxy clears the cookie, so the session
+/// is over, and its entry goes too; before, it stayed, and a copy of the cookie could have
+/// had it refreshed once the provider was back.
+#[tokio::test]
+async fn a_session_ended_for_expired_tokens_is_deleted_from_the_store() {
+    let redis = Redis::start().await;
+    let flags = [
+        "--scope=openid email profile offline_access",
+        "--prompt=consent",
+        "--cookie-refresh=1m",
+    ];
+    let env = setup(&redis.url(), &flags, serde_json::json!({})).await;
+    let p = &env.proxy.url;
+    let client = browser();
+    let ticket = session_cookie(&login(&client, p, "/", "alice", "alice-password").await);
+    let key = ticket_of(&ticket).redis_key("_oauth2_proxy");
+    assert!(redis.get(&key).await.is_some());
+    drop(env.idp);
+
+    // Past the access token's hour, with no provider to refresh it.
+    env.proxy.clock.advance(Duration::from_secs(2 * 3600));
+    let resp = client.get(format!("{p}/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(
+        set_cookie_value(&resp, "_oauth2_proxy").is_some_and(|v| v.is_empty()),
+        "the cookie is cleared"
+    );
+    assert!(redis.get(&key).await.is_none(), "the stored session is deleted with it");
+}
+
+/// A refresh stores the refreshed session only where one still exists: signing out while
+/// another request (or replica) was refreshing must not bring the session back.
+#[tokio::test]
+async fn a_refresh_never_brings_back_a_deleted_session() {
+    use sidekey_proxy::session::Session;
+    use sidekey_proxy::session::store::{RedisStore, Sessions};
+    let redis = Redis::start().await;
+    let cfg = sidekey_proxy::config::RedisConfig {
+        url: redis.url(),
+        username: None,
+        password: None,
+        sentinel_master: String::new(),
+        sentinel_urls: vec![],
+        sentinel_password: None,
+        cluster_urls: vec![],
+        ca_pem: None,
+        timeout: Duration::from_secs(2),
+        idle_timeout: None,
+    };
+    let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
+    let sessions = Sessions::new("_oauth2_proxy", &secret, Some(RedisStore::new(&cfg).unwrap()));
+    let now = now_secs();
+    let session = Session {
+        email: "alice@example.com".into(),
+        expires_at: now + 3600,
+        ..Session::default()
+    };
+    let value = sessions.save(&session, None, now).await.unwrap().expect("a new ticket");
+    let ticket = sessions
+        .load(std::slice::from_ref(&value), now)
+        .await
+        .unwrap()
+        .unwrap()
+        .ticket
+        .unwrap();
+    let refreshed = Session {
+        refreshed_at: now + 1,
+        ..session.clone()
+    };
+    assert!(
+        sessions.update(&refreshed, &ticket, now).await.unwrap(),
+        "a live session is updated"
+    );
+    sessions.delete_named(std::slice::from_ref(&value)).await.unwrap();
+    assert!(!sessions.update(&refreshed, &ticket, now).await.unwrap(), "a deleted one is not");
+    assert!(redis.keys().await.is_empty(), "and is not brought back: {:?}", redis.keys().await);
+    assert!(sessions.load(std::slice::from_ref(&value), now).await.unwrap().is_none());
+}

@@ -1,6 +1,8 @@
-//! End-to-end: the HTTPS listener (rustls), ALPN, minimum version, and certificate files
-//! reloaded on change without dropping open connections.
+//! End-to-end: the HTTPS listener (rustls), ALPN, minimum version, certificate files
+//! reloaded on change without dropping open connections, and slow h2 heads over TLS.
 
+#[path = "support/h2_frames.rs"]
+mod h2_frames;
 mod support;
 
 use std::path::Path;
@@ -197,4 +199,61 @@ async fn minimum_version_tls13_refuses_tls12_clients() {
     let s = ok.expect("TLS 1.3 handshake");
     assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert!(connect(port, client_config(&[&ca], true)).await.is_err(), "TLS 1.2 refused");
+}
+
+/// h2 over TLS (ALPN), a HEADERS frame sent a byte every 200 ms on each of a few
+/// connections: cut at the request-head deadline, counted from the TCP connect (the
+/// handshake is part of it), like h2c and HTTP/1.1. Before the fix they stayed open for good.
+#[tokio::test]
+async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
+    use sidekey_proxy::server::HEADER_READ_TIMEOUT;
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), "first");
+    let (_proxy, port) = start_https(&cert, &key, &[]).await;
+    let cfg = client_config(&[&ca], false);
+    let mut ready = None;
+    for _ in 0..100 {
+        if let Ok(s) = connect(port, cfg.clone()).await {
+            ready = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = ready.expect("HTTPS listener up");
+
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let cfg = cfg.clone();
+        conns.push(tokio::spawn(async move {
+            let since = tokio::time::Instant::now();
+            let s = connect(port, cfg).await.unwrap();
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            let (r, mut w) = tokio::io::split(s);
+            w.write_all(&h2_frames::opening()).await.unwrap();
+            let slow = h2_frames::request(1, "GET", "/ping", &[], true, 200);
+            let drip = tokio::spawn(async move { h2_frames::dribble(&mut w, &slow, Duration::from_millis(200)).await });
+            let closed = h2_frames::Frames::new(r).until_closed(since, Duration::from_secs(26)).await;
+            drip.abort();
+            closed
+        }));
+    }
+    // A real h2 client is served meanwhile.
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(ready))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://127.0.0.1:{port}/ping"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+
+    for c in conns {
+        let (closed, _) = c.await.unwrap().expect("still open after 26 s");
+        assert!(
+            closed >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && closed < HEADER_READ_TIMEOUT + Duration::from_secs(4),
+            "closed at {closed:?}, not at the head deadline"
+        );
+        eprintln!("h2 over TLS: closed after {closed:?}");
+    }
 }

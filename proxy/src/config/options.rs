@@ -867,7 +867,7 @@ pub static OPTIONS: &[Opt] = &[
         List,
         "",
         Supported,
-        "Paths that skip authentication (regex).",
+        "Paths that skip authentication (regex), matched as skip_auth_routes are.",
     ),
     o(
         "skip-auth-route",
@@ -875,7 +875,7 @@ pub static OPTIONS: &[Opt] = &[
         List,
         "",
         Supported,
-        "Routes that skip authentication: METHOD=regex, METHOD!=regex (every other method) or regex, matched against the decoded, dot-segment-resolved path without the query.",
+        "Routes that skip authentication: METHOD=regex, METHOD!=regex (every other method) or regex, matched against the decoded, dot-segment-resolved path without the query. A path with a `;` (servlet path parameters) or an escape left after decoding never skips.",
     ),
     o(
         "skip-auth-preflight",

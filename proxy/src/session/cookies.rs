@@ -53,6 +53,18 @@ impl<'a> RequestCookies<'a> {
             .collect()
     }
 
+    /// Every value a request names as its session: each cookie called `name` (a browser
+    /// sends one per domain and path it holds one for) and the chunked form. Ending a
+    /// session ends all of them, not just the one [`Self::session_values`] would open.
+    pub fn every_session_value(&self, name: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+            .chain(self.chunked_value(name))
+            .collect()
+    }
+
     fn chunked_value(&self, name: &str) -> Option<String> {
         let mut joined = String::new();
         for i in 0.. {

@@ -3,7 +3,8 @@
 //! The browser holds only a ticket: a random id and a random per-session key, sealed with the
 //! cookie secret. Redis holds the session sealed with that per-session key, under a name
 //! derived from the id. Reading Redis alone reveals no session, and a cookie alone holds no
-//! tokens. Signing out deletes the entry, so a copied cookie dies with it.
+//! tokens. Signing out, the sign-in page, a new login and a refused refresh delete the
+//! entry, so a copied cookie dies with it; a refresh never brings a deleted one back.
 //!
 //! Connections are made lazily and re-made after an error, so Redis being down at start or
 //! later never takes the proxy down: callers get [`StoreError`] and show a clear page.
@@ -247,6 +248,15 @@ impl RedisStore {
             .map(drop)
     }
 
+    /// `SET key value PX ttl XX`: false when there is no such key (any more).
+    pub async fn set_existing(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let v = self
+            .run("set", redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms).arg("XX").clone())
+            .await?;
+        Ok(matches!(v, Value::Okay | Value::SimpleString(_)))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.run("del", redis::cmd("DEL").arg(key).clone()).await.map(drop)
     }
@@ -405,12 +415,45 @@ impl Sessions {
         Ok(ticket.is_none().then(|| self.tickets.seal(&self.cookie_name, t)))
     }
 
+    /// Stores a refreshed Redis session under its ticket, only if the session still
+    /// exists: false when it was deleted meanwhile (signed out while another request or
+    /// replica refreshed it), which a plain SET would have brought back to life.
+    pub async fn update(&self, session: &Session, ticket: &Ticket, now: u64) -> Result<bool, StoreError> {
+        let Some(redis) = &self.redis else { return Ok(true) };
+        let ttl = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
+        redis
+            .set_existing(&ticket.redis_key(&self.cookie_name), &ticket.seal(&self.cookie_name, session), ttl)
+            .await
+    }
+
     /// Deletes a Redis session (a no-op for the cookie store).
     pub async fn delete(&self, ticket: Option<&Ticket>) -> Result<(), StoreError> {
         match (&self.redis, ticket) {
             (Some(redis), Some(t)) => redis.delete(&t.redis_key(&self.cookie_name)).await,
             _ => Ok(()),
         }
+    }
+
+    /// Deletes every Redis session these cookie values name, valid or not, without reading
+    /// them first (a no-op for the cookie store, whose sessions live only in the cookie).
+    /// Every value is tried; the first error is returned.
+    pub async fn delete_named(&self, values: &[String]) -> Result<(), StoreError> {
+        let Some(redis) = &self.redis else { return Ok(()) };
+        let mut keys: Vec<String> = values
+            .iter()
+            .filter_map(|v| self.tickets.open::<Ticket>(&self.cookie_name, v).ok())
+            .map(|t| t.redis_key(&self.cookie_name))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut first_error = None;
+        // One DEL per key: a cluster refuses a multi-key DEL across slots.
+        for key in keys {
+            if let Err(e) = redis.delete(&key).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Across replicas only one refreshes a Redis session: true when this one may. The

@@ -1,5 +1,6 @@
 //! Test peers: the real OpenID provider (node + oidc-provider), an in-process upstream that
-//! echoes what it received, and the proxy itself on a free loopback port.
+//! echoes what it received, and the proxy itself on a free loopback port; real Tomcat in
+//! `tomcat.rs`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -25,6 +26,12 @@ use tokio::net::TcpListener;
 mod scripted_idp;
 #[allow(unused_imports)] // not every test binary uses it
 pub use scripted_idp::*;
+mod hypercorn;
+#[allow(unused_imports)] // not every test binary uses it
+pub use hypercorn::*;
+mod tomcat;
+#[allow(unused_imports)] // not every test binary uses it
+pub use tomcat::*;
 
 pub const COOKIE_SECRET: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E=";
 pub const CLIENT_ID: &str = "sidekey-test";
@@ -259,6 +266,12 @@ impl Upstream {
 
 async fn echo(mut req: Request<Incoming>, slow_started: &tokio::sync::Notify) -> Response<Full<Bytes>> {
     if req.uri().path() == "/ws" {
+        let accept = req
+            .headers()
+            .get("sec-websocket-key")
+            .and_then(|k| k.to_str().ok())
+            .map(sidekey_proxy::upgrade::websocket_accept)
+            .unwrap_or_default();
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -271,6 +284,7 @@ async fn echo(mut req: Request<Incoming>, slow_started: &tokio::sync::Notify) ->
             .status(101)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
             .body(Full::new(Bytes::new()))
             .unwrap();
     }
