@@ -43,6 +43,18 @@ async fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<T
         .await
 }
 
+/// The first connection to a proxy that has just been started: retried for up to 2 s while
+/// its listener comes up.
+async fn first_connection(port: u16, cfg: &Arc<rustls::ClientConfig>) -> Tls {
+    for _ in 0..100 {
+        if let Ok(s) = connect(port, cfg.clone()).await {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("HTTPS listener not up on port {port} after 2 s");
+}
+
 /// The common name of the certificate the server presented.
 fn peer_name(s: &Tls) -> String {
     let der = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
@@ -104,15 +116,7 @@ async fn https_with_alpn_and_hot_reload_that_keeps_open_connections() {
 
     let (_proxy, port) = start_https(&live.path().join("tls.crt"), &live.path().join("tls.key"), &[]).await;
     let trust_both = client_config(&[&ca_a, &ca_b], false);
-    let mut first = None;
-    for _ in 0..100 {
-        if let Ok(s) = connect(port, trust_both.clone()).await {
-            first = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let first = first.expect("HTTPS listener up");
+    let first = first_connection(port, &trust_both).await;
     assert_eq!(peer_name(&first), "first");
     assert_eq!(first.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 offered by ALPN");
     let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(first))
@@ -212,15 +216,7 @@ async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
     let (ca, cert, key) = tls_files(dir.path(), "first");
     let (_proxy, port) = start_https(&cert, &key, &[]).await;
     let cfg = client_config(&[&ca], false);
-    let mut ready = None;
-    for _ in 0..100 {
-        if let Ok(s) = connect(port, cfg.clone()).await {
-            ready = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ready = ready.expect("HTTPS listener up");
+    let ready = first_connection(port, &cfg).await;
 
     let mut conns = Vec::new();
     for _ in 0..10 {
