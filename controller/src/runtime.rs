@@ -266,7 +266,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .build();
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicU8::new(Phase::Starting as u8));
-    let shutdown = shutdown_signal();
+    let stopping = Stopping::on_signals();
     tokio::spawn(serve_health(settings.metrics_address, metrics.clone(), ready.clone()));
 
     let version = client.apiserver_version().await.ok();
@@ -278,15 +278,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if settings.leader_election {
         ready.store(Phase::Standby as u8, Ordering::Relaxed);
-        leader::acquire(&client, &settings.lease_namespace, &settings.identity, &gate).await?;
+        tokio::select! {
+            acquired = leader::acquire(&client, &settings.lease_namespace, &settings.identity, &gate) => acquired?,
+            () = stopping.wait() => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
         ready.store(Phase::Starting as u8, Ordering::Relaxed);
+    }
+    let renewing = settings.leader_election.then(|| {
         tokio::spawn(leader::renew(
             client.clone(),
             settings.lease_namespace.clone(),
             settings.identity.clone(),
             gate.clone(),
-        ));
-    }
+        ))
+    });
 
     let routes_api: Api<HTTPRoute> = Api::all(client.clone());
     let routes_installed = match routes_api.list(&ListParams::default().limit(1)).await {
@@ -310,11 +318,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let _ = installed.send(());
         });
     }
-    let shutdown = async move {
-        tokio::select! {
-            () = shutdown => {}
-            Ok(()) = crd_appeared => {
-                tracing::info!("the HTTPRoute CRD is now installed: restarting to watch HTTPRoutes");
+    let shutdown = {
+        let (client, gate, stopping) = (client.clone(), gate.clone(), stopping.clone());
+        let (namespace, identity) = (settings.lease_namespace.clone(), settings.identity.clone());
+        async move {
+            tokio::select! {
+                () = stopping.wait() => {}
+                Ok(()) = crd_appeared => {
+                    tracing::info!("the HTTPRoute CRD is now installed: restarting to watch HTTPRoutes");
+                }
+            }
+            // Hand the Lease over first: on `helm uninstall` our RBAC is deleted at the same
+            // time, and a release attempted after the reconciles have drained may be refused,
+            // leaving the next install to wait out a stale Lease. Writes stop before the
+            // release so the next leader never overlaps with this one.
+            if let Some(renewing) = renewing {
+                renewing.abort();
+                gate.close();
+                // Its own task: the controller's shutdown future must be Sync, a request is not.
+                let _ = tokio::spawn(async move { leader::release(&client, &namespace, &identity).await }).await;
             }
         }
     };
@@ -355,9 +377,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     tokio::spawn(readiness);
     running.await;
-    if settings.leader_election {
-        leader::release(&client, &settings.lease_namespace, &settings.identity).await;
-    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -611,13 +630,31 @@ fn selects(s: &Service, d: &Deployment) -> bool {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM or Ctrl-C, seen in every state: registered before the first await, so a standby
+/// waiting for the Lease stops at once too (as PID 1 of a container it would otherwise ignore
+/// SIGTERM and wait for the kubelet's SIGKILL, 30 s later).
+#[derive(Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    pub fn on_signals() -> Self {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+        });
+        Stopping(rx)
     }
-    tracing::info!("shutting down");
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
 }
 
 /// Where the process is, for `/readyz`.

@@ -360,7 +360,22 @@ async fn two_replicas_only_the_lease_holder_writes_and_the_other_takes_over() {
     assert!(writes_total(&b.writes().await) > 0);
     assert!(b.alive(), "replica-b exited:\n{}", b.log_text());
     kubectl_ok(rig, &["-n", n, "delete", "authpolicy/app", "--timeout=60s"], None);
-    b.kill();
+
+    // SIGTERM in both roles: a standby stops at once (it used to wait out the grace period
+    // for SIGKILL), and the leader hands the Lease over before it exits.
+    let mut c = scene.controller("replica-c");
+    wait_for("replica-c standing by", WAIT, || async {
+        let (code, body) = c.get("/readyz").await?;
+        (code == 200 && body.contains("standby")).then_some(())
+    })
+    .await;
+    let (took, status) = c.terminate(Duration::from_secs(10)).await.expect("the standby exits on SIGTERM");
+    eprintln!("standby exited {took:?} after SIGTERM");
+    assert!(status.success() && took < Duration::from_secs(3), "{status:?} after {took:?}");
+    let (took, status) = b.terminate(Duration::from_secs(20)).await.expect("the leader exits on SIGTERM");
+    eprintln!("leader exited {took:?} after SIGTERM");
+    assert!(status.success() && took < Duration::from_secs(5), "{status:?} after {took:?}");
+    assert_eq!(lease_holder(rig, n), None, "the Lease is released, not left to expire");
 }
 
 #[tokio::test(flavor = "multi_thread")]
