@@ -99,6 +99,22 @@ struct State {
     done: bool,
 }
 
+impl State {
+    /// A connection that has just opened, with `in_flight` requests under way.
+    fn new(in_flight: usize) -> Self {
+        State {
+            in_flight,
+            quiet_since: Instant::now(),
+            idle_bytes: false,
+            frame_since: None,
+            sniff: Sniff::Preface(0),
+            in_block: false,
+            slot: None,
+            done: false,
+        }
+    }
+}
+
 /// Where the reads are in the byte stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sniff {
@@ -123,16 +139,7 @@ impl Watch {
             shared: Arc::new(Shared {
                 timeout,
                 registry,
-                state: Mutex::new(State {
-                    in_flight: 0,
-                    quiet_since: Instant::now(),
-                    idle_bytes: false,
-                    frame_since: None,
-                    sniff: Sniff::Preface(0),
-                    in_block: false,
-                    slot: None,
-                    done: false,
-                }),
+                state: Mutex::new(State::new(0)),
                 waker: AtomicWaker::new(),
                 evicted: AtomicBool::new(false),
                 task: tokio::task::try_id(),
@@ -667,16 +674,7 @@ mod tests {
                 // Garbage and a cut frame: followed without a panic, whatever it says.
                 stream.extend((0..rng.gen_range(0..40)).map(|_| rng.r#gen::<u8>()));
             }
-            let fresh = || State {
-                in_flight: 1,
-                quiet_since: Instant::now(),
-                idle_bytes: false,
-                frame_since: None,
-                sniff: Sniff::Preface(0),
-                in_block: false,
-                slot: None,
-                done: false,
-            };
+            let fresh = || State::new(1);
             let now = Instant::now();
             let mut whole = fresh();
             whole.follow_frames(&stream, now);

@@ -55,6 +55,19 @@ async fn first_connection(port: u16, cfg: &Arc<rustls::ClientConfig>) -> Tls {
     panic!("HTTPS listener not up on port {port} after 2 s");
 }
 
+/// `GET /ping` over HTTP/2 on an established TLS connection: status and protocol version.
+async fn h2_ping(s: Tls, port: u16) -> (u16, http::Version) {
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://127.0.0.1:{port}/ping"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    (resp.status().as_u16(), resp.version())
+}
+
 /// The common name of the certificate the server presented.
 fn peer_name(s: &Tls) -> String {
     let der = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
@@ -119,20 +132,7 @@ async fn https_with_alpn_and_hot_reload_that_keeps_open_connections() {
     let first = first_connection(port, &trust_both).await;
     assert_eq!(peer_name(&first), "first");
     assert_eq!(first.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 offered by ALPN");
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(first))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("https://127.0.0.1:{port}/ping"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), resp.version()),
-        (200, http::Version::HTTP_2),
-        "h2 over TLS"
-    );
-    drop(h2);
+    assert_eq!(h2_ping(first, port).await, (200, http::Version::HTTP_2), "h2 over TLS");
 
     let mut h1 = connect(port, {
         let mut c = (*client_config(&[&ca_a, &ca_b], false)).clone();
@@ -235,14 +235,7 @@ async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
         }));
     }
     // A real h2 client is served meanwhile.
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(ready))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("https://127.0.0.1:{port}/ping"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(h2_ping(ready, port).await.0, 200);
 
     for c in conns {
         let (closed, _) = c.await.unwrap().expect("still open after 26 s");
