@@ -3,11 +3,12 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build docs crds manifests validate dist images bench fuzz clean
+.PHONY: demo test setup fmt fmt-check lint unit build install docs docs-test crds manifests validate dist images bench fuzz clean
 
-## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it)
+## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it).
+## Needs Rust and Node.js only; the first (cold) build takes several minutes.
 demo:
-	@SIDEKEY_NEEDS_BROWSER=0 tests/setup.sh
+	@tests/setup.sh demo
 	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	@scripts/demo.sh
 
@@ -16,17 +17,35 @@ demo:
 test: setup fmt-check lint
 	$(CARGO) build -p sidekey-proxy -p sidekey-controller
 	scripts/demo.sh --smoke
+	tests/demo/busy_port_test.sh
 	tests/k8s/with-cluster.sh $(CARGO) test --workspace --all-targets --exclude sidekey-fuzz
 	tests/k8s/validate.sh
 	scripts/dist.sh
 	tests/dist_test.sh
+	prefix=$$(mktemp -d) && $(MAKE) --no-print-directory install PREFIX=$$prefix && \
+	  $$prefix/bin/sidekey-proxy --version && $$prefix/bin/sidekey-controller --version && rm -rf $$prefix
 	FUZZ_SECONDS=10 scripts/fuzz.sh
+	tests/docs/shell_blocks.py
 
 setup:
 	@tests/setup.sh
 
 build:
 	$(CARGO) build --workspace
+
+## install: the release binaries of `make dist` (the ones the images ship) into $(PREFIX)/bin;
+## the default, ~/.cargo/bin, is on PATH wherever rustup is. PREFIX=/usr/local for all users.
+PREFIX ?= $(HOME)/.cargo
+install: dist
+	install -d $(PREFIX)/bin
+	install -m 0755 dist/linux-$(ARCH)/sidekey-proxy dist/linux-$(ARCH)/sidekey-controller $(PREFIX)/bin/
+	@echo "installed sidekey-proxy and sidekey-controller $(VERSION) into $(PREFIX)/bin"
+
+## docs-test: every shell block of README.md and docs/ that runs offline, as written, with the
+## target/debug binaries on PATH (a block that cannot is skipped only by a marker; tests/docs/)
+docs-test:
+	$(CARGO) build -p sidekey-proxy -p sidekey-controller
+	tests/docs/shell_blocks.py
 
 fmt:
 	$(CARGO) fmt --all
@@ -70,6 +89,7 @@ fuzz:
 dist:
 	scripts/dist.sh
 
+ARCH := $(patsubst x86_64,amd64,$(patsubst aarch64,arm64,$(shell uname -m)))
 VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 REGISTRY ?= ghcr.io/sidekey-dev
 

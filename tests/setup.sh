@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need: Debian packages (as root) and the node peers
-# from the committed lockfile. Safe to run again: it only installs what is missing.
+# Installs what the tests need: Debian packages (as root), the node peers from the committed
+# lockfile, and PyPI tools into .tools/. `tests/setup.sh demo` installs only what `make demo`
+# runs (Node.js and the node peers), so the demo needs root only when Node.js is missing.
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-test}"
+case "$mode" in demo | test) ;; *) echo "usage: tests/setup.sh [demo|test]" >&2; exit 2 ;; esac
 
 packages=()
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
-if [ "${SIDEKEY_NEEDS_BROWSER:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
-# Real front ends and session store for the proxy's end-to-end tests.
-[ -x /usr/sbin/nginx ] || packages+=(nginx)
-[ -x /usr/bin/caddy ] || packages+=(caddy)
-[ -x /usr/bin/redis-server ] || packages+=(redis-server)
-# A real servlet container as an upstream: path parameters (`;`) are Tomcat's to interpret.
-[ -x /usr/share/tomcat10/bin/catalina.sh ] || packages+=(tomcat10)
-command -v openssl >/dev/null 2>&1 || packages+=(openssl)
-# Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
-[ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
-# Load generator for `make bench` only.
-if [ "${SIDEKEY_NEEDS_WRK:-0}" = 1 ] && [ ! -x /usr/bin/wrk ]; then packages+=(wrk); fi
+if [ "$mode" = test ]; then
+  # The browser of the login tests (and of `scripts/demo.sh --smoke`).
+  [ -x /usr/bin/chromium ] || packages+=(chromium)
+  # Real front ends and session store for the proxy's end-to-end tests.
+  [ -x /usr/sbin/nginx ] || packages+=(nginx)
+  [ -x /usr/bin/caddy ] || packages+=(caddy)
+  [ -x /usr/bin/redis-server ] || packages+=(redis-server)
+  # A real servlet container as an upstream: path parameters (`;`) are Tomcat's to interpret.
+  [ -x /usr/share/tomcat10/bin/catalina.sh ] || packages+=(tomcat10)
+  command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+  # Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
+  [ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
+  # Load generator for `make bench` only.
+  if [ "${SIDEKEY_NEEDS_WRK:-0}" = 1 ] && [ ! -x /usr/bin/wrk ]; then packages+=(wrk); fi
+fi
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${packages[*]}; install them (sudo apt-get install ${packages[*]}) or run as root" >&2
+    [ "$mode" = test ] || echo "setup: the demo needs only Node.js and npm beyond Rust" >&2
     exit 1
   fi
   echo "setup: installing ${packages[*]} with apt-get"
@@ -36,17 +44,18 @@ if [ ${#packages[@]} -gt 0 ]; then
   [ -z "$policy_rc_d" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
-for component in rustfmt clippy; do
-  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
-    rustup component add "$component"
-  fi
-done
-
 # npm ci when node_modules is missing or older than the lockfile.
 if [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then
   echo "setup: npm ci in tests/"
   (cd tests && npm ci --no-audit --no-fund --loglevel=error)
 fi
+[ "$mode" = test ] || exit 0
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
 
 # Python tools in a project-local virtualenv: kubernetes-validate (official schemas for
 # Kubernetes 1.25-1.37), pinned in tests/k8s/requirements.txt.

@@ -39,6 +39,11 @@ fn cli() -> Command {
     Command::new("sidekey-controller")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Puts sidekey-proxy in front of the workloads an AuthPolicy targets")
+        .after_help(
+            "With no subcommand, sidekey-controller runs the controller against a cluster, so it needs a kubeconfig: \
+             $KUBECONFIG (else ~/.kube/config), or in a pod the in-cluster config of its service account. \
+             render, validate and crd work without a cluster.",
+        )
         .subcommand_required(false)
         .arg(image.clone())
         .arg(mode.clone())

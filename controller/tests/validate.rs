@@ -216,6 +216,19 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
+fn help_says_that_no_subcommand_runs_the_controller_against_a_cluster() {
+    for flag in ["-h", "--help"] {
+        let (code, stdout, _) = run(&[flag]);
+        assert_eq!(code, 0);
+        let help = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains("With no subcommand, sidekey-controller runs the controller against a cluster, so it needs a kubeconfig: $KUBECONFIG (else ~/.kube/config), or in a pod the in-cluster config of its service account."),
+            "{flag}: {stdout}"
+        );
+    }
+}
+
+#[test]
 fn validate_prints_a_line_per_policy_and_exits_1_when_any_is_invalid() {
     let policies = manifest_dir().join("tests/policies");
     let ok = policies.join("accept/client-id-256.yaml");

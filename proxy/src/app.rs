@@ -49,8 +49,13 @@ enum Failure {
     Provider(#[from] OidcError),
     #[error("the identity provider reported an error: {0}")]
     ProviderRedirect(String),
-    #[error("{0}")]
-    Denied(#[from] crate::authz::Denial),
+    /// `account` is who signed in; `retry` is where "sign in as someone else" returns to.
+    #[error("{denial}")]
+    Denied {
+        denial: crate::authz::Denial,
+        account: String,
+        retry: String,
+    },
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
@@ -59,12 +64,15 @@ enum Failure {
     BadPath(#[from] routes::PathError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("no such endpoint under the proxy prefix")]
+    UnknownEndpoint,
 }
 
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
-            Failure::LoginState | Failure::Denied(_) | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
+            Failure::LoginState | Failure::Denied { .. } | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
+            Failure::UnknownEndpoint => StatusCode::NOT_FOUND,
             Failure::BadRequest(_) | Failure::BadPath(_) => StatusCode::BAD_REQUEST,
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => StatusCode::BAD_GATEWAY,
@@ -78,12 +86,50 @@ impl Failure {
 
     fn title(&self) -> &'static str {
         match self {
-            Failure::Denied(_) => "Access denied",
+            Failure::Denied { .. } => "Access denied",
+            Failure::UnknownEndpoint => "Page not found",
             Failure::Upstream(_) => "The application is not responding",
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => "Sign-in is unavailable",
             Failure::BadRequest(_) | Failure::BadPath(_) => "Bad request",
             Failure::Store(_) => "Sessions are unavailable",
             _ => "Sign-in failed",
+        }
+    }
+
+    /// What the page says: a sentence for a person. The error itself (transport errors,
+    /// internal URLs, provider answers) goes to the log under the request id instead.
+    fn public_message(&self) -> String {
+        match self {
+            Failure::LoginState => "The sign-in took too long or was started in another tab. Please sign in again.".into(),
+            // The provider's own words are meant for the person signing in (Entra's AADSTS
+            // texts are), and only a browser holding this login's state gets here.
+            Failure::ProviderRedirect(e) => format!("The identity provider did not complete the sign-in: {e}"),
+            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => {
+                "Signing in is not possible right now. Please try again in a few minutes.".into()
+            }
+            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => {
+                "The identity provider did not complete the sign-in. Please try again.".into()
+            }
+            Failure::Provider(OidcError::UnverifiedEmail) => {
+                "Your email address is not verified at the identity provider, so it cannot be used to sign in here.".into()
+            }
+            Failure::Provider(OidcError::Tenant(_)) => "Accounts of your organization may not use this application.".into(),
+            Failure::Provider(OidcError::TokenRefused { .. }) => {
+                "The identity provider refused to complete the sign-in. If this keeps happening, give the request id below to the application's owner.".into()
+            }
+            Failure::Provider(_) => "The sign-in could not be verified. Please sign in again.".into(),
+            Failure::Denied { .. } => "This account may not use this application.".into(),
+            Failure::Upstream(UpstreamError::NoRoute) => "There is no application at this address.".into(),
+            Failure::Upstream(UpstreamError::Timeout { .. }) => {
+                "The application took too long to answer. Please try again.".into()
+            }
+            Failure::Upstream(UpstreamError::Unreachable { .. } | UpstreamError::Switched { .. }) => {
+                "The application cannot be reached right now. Please try again in a few minutes.".into()
+            }
+            // Our own fixed texts about the request itself: no internals in them.
+            Failure::BadRequest(_) | Failure::BadPath(_) => format!("This request cannot be served: {self}."),
+            Failure::Store(_) => "Sessions cannot be checked right now. Please try again in a few minutes.".into(),
+            Failure::UnknownEndpoint => "There is no page at this address.".into(),
         }
     }
 }
@@ -93,10 +139,48 @@ struct Paths {
     callback: String,
     sign_in: String,
     sign_out: String,
+    /// Where sign-out lands without an `rd`: the "You are signed out" page.
+    signed_out: String,
     userinfo: String,
     auth: String,
     /// `auth` + `/`: Envoy's ext_authz appends the app's path to the auth URL.
     auth_subtree: String,
+}
+
+/// The endpoints a request can be for; everything outside the proxy prefix is the app's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Ping,
+    Ready,
+    Start,
+    Callback,
+    SignIn,
+    SignOut,
+    SignedOut,
+    Userinfo,
+    Auth,
+    /// Under the proxy prefix, but none of ours.
+    Unknown,
+    App,
+}
+
+impl Endpoint {
+    /// A low-cardinality label for the metrics.
+    fn metric_label(self) -> &'static str {
+        match self {
+            Endpoint::Ping => "ping",
+            Endpoint::Ready => "ready",
+            Endpoint::Start => "start",
+            Endpoint::Callback => "callback",
+            Endpoint::SignIn => "sign_in",
+            Endpoint::SignOut => "sign_out",
+            Endpoint::SignedOut => "signed_out",
+            Endpoint::Userinfo => "userinfo",
+            Endpoint::Auth => "auth",
+            Endpoint::Unknown => "unknown",
+            Endpoint::App => "app",
+        }
+    }
 }
 
 pub struct App {
@@ -161,6 +245,7 @@ impl App {
             callback: format!("{prefix}/callback"),
             sign_in: format!("{prefix}/sign_in"),
             sign_out: format!("{prefix}/sign_out"),
+            signed_out: format!("{prefix}/signed_out"),
             userinfo: format!("{prefix}/userinfo"),
             auth: format!("{prefix}/auth"),
             auth_subtree: format!("{prefix}/auth/"),
@@ -220,31 +305,35 @@ impl App {
         resp.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
         self.log_request(&cx, resp.status(), user.as_deref());
-        metrics::request(self.route_class(&cx.path), resp.status().as_u16(), cx.started.elapsed());
+        metrics::request(self.endpoint(&cx.path).metric_label(), resp.status().as_u16(), cx.started.elapsed());
         resp
     }
 
-    /// A low-cardinality name for the metrics: the endpoint, or `app` for everything else.
-    fn route_class(&self, path: &str) -> &'static str {
+    /// Which endpoint a path is: decided once, for both routing and the metrics label.
+    fn endpoint(&self, path: &str) -> Endpoint {
         let p = &self.paths;
         if path == self.cfg.ping_path {
-            "ping"
+            Endpoint::Ping
         } else if path == self.cfg.ready_path {
-            "ready"
-        } else if path == p.auth || path.starts_with(&p.auth_subtree) {
-            "auth"
+            Endpoint::Ready
+        } else if !(path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/')) {
+            Endpoint::App
         } else if path == p.start {
-            "start"
+            Endpoint::Start
         } else if path == p.callback {
-            "callback"
+            Endpoint::Callback
         } else if path == p.sign_in {
-            "sign_in"
+            Endpoint::SignIn
         } else if path == p.sign_out {
-            "sign_out"
+            Endpoint::SignOut
+        } else if path == p.signed_out {
+            Endpoint::SignedOut
         } else if path == p.userinfo {
-            "userinfo"
+            Endpoint::Userinfo
+        } else if path == p.auth || path.starts_with(&p.auth_subtree) {
+            Endpoint::Auth
         } else {
-            "app"
+            Endpoint::Unknown
         }
     }
 
@@ -252,60 +341,48 @@ impl App {
         if req.method() == Method::CONNECT {
             return (crate::upgrade::connect_refused(), None);
         }
-        let path = req.uri().path();
-        if path == self.cfg.ping_path {
-            return (text(StatusCode::OK, "OK"), None);
+        let result = match self.endpoint(req.uri().path()) {
+            Endpoint::App => return self.protected(req, cx).await,
+            Endpoint::Ping => return (text(StatusCode::OK, "OK"), None),
+            Endpoint::Ready => return (self.ready().await, None),
+            Endpoint::Auth => return self.auth(&req, cx).await,
+            Endpoint::Start => self.start(&req, cx, None).await,
+            Endpoint::Callback => self.callback(&req, cx).await,
+            Endpoint::SignIn => Ok(self.sign_in_page(&req, cx, StatusCode::OK, None).await),
+            Endpoint::SignOut => Ok(self.sign_out(&req, cx).await),
+            Endpoint::SignedOut => Ok(html(StatusCode::OK, pages::signed_out("/", self.cfg.footer.as_deref()))),
+            Endpoint::Userinfo => Ok(self.userinfo(&req, cx).await),
+            Endpoint::Unknown => Err(Failure::UnknownEndpoint),
+        };
+        (result.unwrap_or_else(|f| self.fail(f, &cx.request_id)), None)
+    }
+
+    /// Ready when the client credential is usable, the session store answers and discovery
+    /// has succeeded.
+    async fn ready(&self) -> Response<Body> {
+        if !self.credential_usable() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the client credential is not available; see the log",
+            );
         }
-        if path == self.cfg.ready_path {
-            if !self.credential_usable() {
-                return (
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the client credential is not available; see the log",
-                    ),
-                    None,
-                );
+        let ping = self.sessions.ping().await;
+        // Probes come every few seconds: log the changes, not every probe.
+        if self.store_ok.swap(ping.is_ok(), std::sync::atomic::Ordering::Relaxed) != ping.is_ok() {
+            match &ping {
+                Ok(()) => tracing::info!("the session store is reachable again"),
+                Err(e) => tracing::error!(error = %e, "the session store is unreachable; /ready reports 503 until it is back"),
             }
-            let ping = self.sessions.ping().await;
-            // Probes come every few seconds: log the changes, not every probe.
-            if self.store_ok.swap(ping.is_ok(), std::sync::atomic::Ordering::Relaxed) != ping.is_ok() {
-                match &ping {
-                    Ok(()) => tracing::info!("the session store is reachable again"),
-                    Err(e) => tracing::error!(error = %e, "the session store is unreachable; /ready reports 503 until it is back"),
-                }
-            }
-            if let Err(e) = ping {
-                let mut resp = Response::new(full(format!("{e}\n")));
-                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                return (resp, None);
-            }
-            return match self.oidc.current() {
-                Some(_) => (text(StatusCode::OK, "OK"), None),
-                None => (
-                    text(StatusCode::SERVICE_UNAVAILABLE, "identity provider discovery has not succeeded yet"),
-                    None,
-                ),
-            };
         }
-        if path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/') {
-            let result = if path == self.paths.start {
-                self.start(&req, cx, None).await
-            } else if path == self.paths.callback {
-                self.callback(&req, cx).await
-            } else if path == self.paths.sign_in {
-                Ok(self.sign_in_page(&req, cx, StatusCode::OK, None).await)
-            } else if path == self.paths.sign_out {
-                Ok(self.sign_out(&req, cx).await)
-            } else if path == self.paths.userinfo {
-                Ok(self.userinfo(&req, cx).await)
-            } else if path == self.paths.auth || path.starts_with(&self.paths.auth_subtree) {
-                return self.auth(&req, cx).await;
-            } else {
-                Ok(text(StatusCode::NOT_FOUND, "404 page not found"))
-            };
-            return (result.unwrap_or_else(|f| self.fail(f, &cx.request_id)), None);
+        if let Err(e) = ping {
+            let mut resp = Response::new(full(format!("{e}\n")));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return resp;
         }
-        self.protected(req, cx).await
+        match self.oidc.current() {
+            Some(_) => text(StatusCode::OK, "OK"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "identity provider discovery has not succeeded yet"),
+        }
     }
 
     /// A request for the application itself.
@@ -341,7 +418,7 @@ impl App {
             return self.forward_unauthenticated(req, cx).await;
         }
         match self.bearer_session(cx).await {
-            Some(Ok(session)) => return self.forward(req, cx, &session).await,
+            Some(Ok(session)) => return self.forward(req, cx, &session, &original).await,
             Some(Err(resp)) => return (resp, None),
             None => {}
         }
@@ -359,7 +436,7 @@ impl App {
             lookup.add_cookies(&mut resp);
             return (resp, None);
         };
-        let (mut resp, user) = self.forward(req, cx, &session).await;
+        let (mut resp, user) = self.forward(req, cx, &session, &original).await;
         lookup.add_cookies(&mut resp);
         (resp, user)
     }
@@ -417,18 +494,21 @@ impl App {
             .await
         {
             Ok(resp) => (resp, None),
-            Err(e) => {
-                tracing::warn!(error = %e, request_id = ?cx.request_id, "upstream request failed");
-                (self.fail(Failure::Upstream(e), &cx.request_id), None)
-            }
+            Err(e) => (self.fail(Failure::Upstream(e), &cx.request_id), None),
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: &Session) -> (Response<Body>, Option<String>) {
+    /// `original` is the app URL asked for: where a refused user who switches account returns.
+    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: &Session, original: &str) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             metrics::decision("denied");
             self.auth_event("denied", &session.email, &denial.to_string());
-            return (self.fail(Failure::Denied(denial), &cx.request_id), Some(session.email.clone()));
+            let failure = Failure::Denied {
+                denial,
+                account: session.email.clone(),
+                retry: self.redirects.validate(original).unwrap_or_else(|| "/".into()),
+            };
+            return (self.fail(failure, &cx.request_id), Some(session.email.clone()));
         }
         metrics::decision("allowed");
         let Some(upstream) = self.upstreams.route(req.uri().path()) else {
@@ -450,10 +530,7 @@ impl App {
                 headers::set_response_headers(resp.headers_mut(), &self.cfg.headers, session);
                 (resp, user)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, request_id = ?cx.request_id, "upstream request failed");
-                (self.fail(Failure::Upstream(e), &cx.request_id), user)
-            }
+            Err(e) => (self.fail(Failure::Upstream(e), &cx.request_id), user),
         }
     }
 
@@ -519,9 +596,13 @@ impl App {
             (None, None)
         };
         let redirect_uri = self.redirect_uri(cx);
+        // "Sign in as someone else" on the access-denied page: the provider must ask again
+        // rather than silently reuse the session that was just refused. Only this one value
+        // is taken from the query; `prompt` otherwise stays the operator's setting.
+        let prompt = (query_param(req.uri().query(), "prompt").as_deref() == Some("login")).then_some("login");
         let url = self
             .oidc
-            .authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref());
+            .authorization_url(&discovered, &redirect_uri, &state, &nonce, challenge.as_deref(), prompt);
         let now = unix((self.clock)());
         let login = LoginState {
             state: state.clone(),
@@ -555,8 +636,8 @@ impl App {
         let clear_csrf = writer.clear(&csrf_name);
         let result = self.finish_login(query, &state, &login, &cookies, &writer).await;
         let mut resp = result.unwrap_or_else(|f| {
-            if let Failure::Denied(d) = &f {
-                self.auth_event("denied", "", &d.to_string());
+            if let Failure::Denied { denial, account, .. } = &f {
+                self.auth_event("denied", account, &denial.to_string());
             }
             self.fail(f, &cx.request_id)
         });
@@ -585,18 +666,18 @@ impl App {
         let code = query_param(query, "code").ok_or(Failure::BadRequest("the callback has no code"))?;
         let discovered = self.oidc.ensure().await?;
         self.oidc.check_response_issuer(&discovered, query_param(query, "iss").as_deref())?;
-        let identity = match self
+        // A failure is logged once, with the request id, where the page is made (`fail`).
+        let identity = self
             .oidc
             .redeem(&code, &login.redirect_uri, login.pkce_verifier.as_deref(), &login.nonce)
-            .await
-        {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::warn!(error = %e, "login failed");
-                return Err(e.into());
-            }
-        };
-        self.authz.authorize(&identity.email, &identity.groups)?;
+            .await?;
+        self.authz
+            .authorize(&identity.email, &identity.groups)
+            .map_err(|denial| Failure::Denied {
+                denial,
+                account: identity.email.clone(),
+                retry: login.redirect.clone(),
+            })?;
         let mut session = Session {
             user: identity.user,
             email: identity.email,
@@ -634,7 +715,7 @@ impl App {
     /// `oidc_logout` the browser continues to the provider's end-session endpoint, which
     /// sends it back to the validated `rd`.
     async fn sign_out(&self, req: &Request<Incoming>, cx: &Ctx) -> Response<Body> {
-        let rd = self.requested_redirect(req, cx).unwrap_or_else(|| "/".into());
+        let rd = self.requested_redirect(req, cx).unwrap_or_else(|| self.paths.signed_out.clone());
         let cookies = RequestCookies::parse(req.headers());
         let writer = self.cookie_writer(cx);
         let loaded = match self.load_session(req.headers()).await {
@@ -996,20 +1077,24 @@ impl App {
                 UpstreamError::Switched { .. } => "switched_protocols",
             });
         }
-        let message = failure.to_string();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %message, "request failed");
+        let request_id = request_id.to_str().unwrap_or("");
+        let footer = self.cfg.footer.as_deref();
+        match &failure {
+            // Denials are logged as auth events where they happen; the unknown path as a request.
+            Failure::Denied { .. } | Failure::UnknownEndpoint => {}
+            _ if status.is_server_error() => {
+                tracing::warn!(status = status.as_u16(), error = %failure, request_id, "request failed")
+            }
+            _ => tracing::info!(status = status.as_u16(), error = %failure, request_id, "request refused"),
         }
-        html(
-            status,
-            pages::error(
-                status.as_u16(),
-                failure.title(),
-                &message,
-                request_id.to_str().unwrap_or(""),
-                self.cfg.footer.as_deref(),
-            ),
-        )
+        let body = match &failure {
+            Failure::Denied { denial, account, retry } => {
+                let switch = format!("{}?rd={}&prompt=login", self.paths.start, utf8_percent_encode(retry, UNRESERVED));
+                pages::denied(account, &denial.to_string(), &switch, request_id, footer)
+            }
+            _ => pages::error(status.as_u16(), failure.title(), &failure.public_message(), request_id, footer),
+        };
+        html(status, body)
     }
 
     fn auth_event(&self, event: &str, email: &str, detail: &str) {

@@ -22,6 +22,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // The same log set-up and warnings for --config-test as for a start, so that a test run
+    // shows exactly what the start would.
+    logging::init(cfg.logging.format, cfg.logging.standard);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    if invocation.strict && !cfg.warnings.is_empty() {
+        eprintln!(
+            "sidekey-proxy: --strict: {} start-up warning(s) above; fix them, or drop --strict",
+            cfg.warnings.len()
+        );
+        return ExitCode::from(2);
+    }
     if invocation.config_test {
         println!(
             "configuration OK: provider {}, issuer {}, client {} authenticated by {}, {} upstream(s), listening on {}",
@@ -33,10 +46,6 @@ fn main() -> ExitCode {
             cfg.http_address
         );
         return ExitCode::SUCCESS;
-    }
-    logging::init(cfg.logging.format, cfg.logging.standard);
-    for w in &invocation.values.warnings {
-        tracing::warn!("{w}");
     }
     if let Some((from, to)) = raise_open_file_limit() {
         tracing::debug!(from, to, "raised the open-file soft limit to the hard limit");

@@ -70,8 +70,8 @@ pub type Metadata = ProviderMetadata<
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
-    #[error("the identity provider is unreachable: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(Unavailable),
     #[error("the identity provider refused the token request: {error}{}{}",
         description.as_ref().map(|d| format!(": {d}")).unwrap_or_default(),
         hint.as_ref().map(|h| format!(" — to fix: {h}")).unwrap_or_default())]
@@ -97,6 +97,34 @@ pub enum OidcError {
     Tenant(String),
     #[error("the provider marked the email address unverified")]
     UnverifiedEmail,
+}
+
+/// Why discovery (or the JWKS fetch after it) failed. A wrong `oidc_issuer_url` answers,
+/// just with the wrong thing; only a network failure or a 5xx means the provider is down.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the identity provider is unreachable: {0}")]
+    Unreachable(String),
+    #[error("{}", discovery_status(url, *status))]
+    DiscoveryStatus { url: String, status: http::StatusCode },
+    #[error("{url} is not an OpenID discovery document ({reason}); check oidc_issuer_url")]
+    NotDiscovery { url: String, reason: String },
+    #[error("{url} names issuer {discovered}, expected {configured}; check oidc_issuer_url")]
+    IssuerMismatch {
+        url: String,
+        discovered: String,
+        configured: String,
+    },
+}
+
+fn discovery_status(url: &str, status: http::StatusCode) -> String {
+    if status.is_server_error() {
+        format!("the identity provider is unavailable: {url} answered {status}")
+    } else {
+        format!(
+            "{url} answered {status}, so oidc_issuer_url does not name an OpenID provider; check oidc_issuer_url (discovery fetches <oidc_issuer_url>/.well-known/openid-configuration)"
+        )
+    }
 }
 
 /// The signed-in user as the provider describes them.
@@ -223,22 +251,29 @@ impl Oidc {
     async fn discover(&self) -> Result<Metadata, OidcError> {
         let client = self.http.as_oauth2();
         fn unavailable(e: &(dyn std::error::Error + 'static)) -> OidcError {
-            OidcError::Unavailable(error_chain(e))
+            OidcError::Unavailable(Unavailable::Unreachable(error_chain(e)))
         }
         let configured = self.cfg.issuer_url.as_str().trim_end_matches('/').to_string();
-        let issuer = IssuerUrl::new(configured.clone()).map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let issuer = IssuerUrl::new(configured.clone()).map_err(|e| OidcError::Unavailable(Unavailable::Unreachable(e.to_string())))?;
         if !self.cfg.skip_discovery {
             let url = format!("{configured}/.well-known/openid-configuration");
             let request = http::Request::get(&url)
                 .header(http::header::ACCEPT, "application/json")
                 .body(Vec::new())
-                .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+                .map_err(|e| OidcError::Unavailable(Unavailable::Unreachable(e.to_string())))?;
             let response = self.http.send(request).await.map_err(|e| unavailable(&e))?;
             if !response.status().is_success() {
-                return Err(OidcError::Unavailable(format!("{url} answered {}", response.status())));
+                return Err(OidcError::Unavailable(Unavailable::DiscoveryStatus {
+                    url,
+                    status: response.status(),
+                }));
             }
-            let metadata: Metadata = serde_json::from_slice(response.body())
-                .map_err(|e| OidcError::Unavailable(format!("{url} is not a discovery document: {e}")))?;
+            let metadata: Metadata = serde_json::from_slice(response.body()).map_err(|e| {
+                OidcError::Unavailable(Unavailable::NotDiscovery {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })
+            })?;
             // OpenID Discovery §4.3: the document must name the issuer we asked. Entra's
             // multi-tenant documents name the issuer template instead.
             let discovered = metadata.issuer().as_str().trim_end_matches('/');
@@ -247,9 +282,11 @@ impl Oidc {
                 None => discovered == configured,
             };
             if !issuer_ok {
-                return Err(OidcError::Unavailable(format!(
-                    "{url} names issuer {discovered}, expected {configured}; check oidc_issuer_url"
-                )));
+                return Err(OidcError::Unavailable(Unavailable::IssuerMismatch {
+                    url,
+                    discovered: discovered.to_string(),
+                    configured,
+                }));
             }
             let keys = CoreJsonWebKeySet::fetch_async(metadata.jwks_uri(), &client)
                 .await
@@ -315,6 +352,7 @@ impl Oidc {
         state: &str,
         nonce: &str,
         pkce_challenge: Option<&str>,
+        prompt_override: Option<&str>,
     ) -> url::Url {
         let mut url = d.metadata.authorization_endpoint().url().clone();
         {
@@ -329,7 +367,7 @@ impl Oidc {
                 q.append_pair("code_challenge", challenge)
                     .append_pair("code_challenge_method", "S256");
             }
-            match (&self.cfg.prompt, &self.cfg.approval_prompt) {
+            match (prompt_override.or(self.cfg.prompt.as_deref()), &self.cfg.approval_prompt) {
                 (Some(p), _) => {
                     q.append_pair("prompt", p);
                 }

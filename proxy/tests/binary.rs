@@ -1,6 +1,7 @@
 //! The shipped binary: configuration errors exit non-zero naming the option, `--config-test`
-//! validates, JSON logs have one line per request and never contain secrets, and SIGTERM
-//! shuts down cleanly.
+//! validates and prints the start-up warnings (`--strict` makes them fatal), real-world
+//! oauth2-proxy configurations load, `--help` is organised, JSON logs have one line per
+//! request and never contain secrets, and SIGTERM shuts down cleanly.
 
 mod support;
 
@@ -192,5 +193,327 @@ async fn json_logs_one_line_per_request_without_secrets_and_sigterm_stops() {
         CLIENT_SECRET,
     ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+}
+
+/// The messages of the `WARN` lines in text-format logs.
+fn warnings(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once(" WARN sidekey_proxy: ").map(|(_, m)| m.to_string()))
+        .collect()
+}
+
+struct Compat {
+    file: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    /// Each warning the run must print, by a part of its text, in order.
+    warnings: &'static [&'static str],
+}
+
+/// What oauth2-proxy's Helm chart puts in the environment (placeholders, as in its values).
+const CHART_SECRETS: &[(&str, &str)] = &[
+    ("OAUTH2_PROXY_CLIENT_ID", "XXXXXXX"),
+    ("OAUTH2_PROXY_CLIENT_SECRET", "XXXXXXXX"),
+    ("OAUTH2_PROXY_COOKIE_SECRET", "XXXXXXXXXXXXXXXX"),
+];
+
+/// tests/compat/README.md says why each file needs what it gets here.
+const COMPAT: &[Compat] = &[
+    Compat {
+        file: "oauth2-proxy-example.cfg",
+        args: &[
+            "--provider=oidc",
+            "--oidc-issuer-url=https://accounts.google.com",
+            "--email-domain=yourcompany.com",
+        ],
+        env: CHART_SECRETS,
+        warnings: &["no upstream is configured"],
+    },
+    Compat {
+        file: "helm-chart-default.cfg",
+        args: &[
+            "--http-address=0.0.0.0:4180",
+            "--https-address=0.0.0.0:4443",
+            "--metrics-address=0.0.0.0:44180",
+            "--provider=oidc",
+            "--oidc-issuer-url=https://accounts.google.com",
+        ],
+        env: CHART_SECRETS,
+        warnings: &["option `https_address` has no effect without tls_cert_file and tls_key_file"],
+    },
+    Compat {
+        file: "traefik-forward-auth-dex.cfg",
+        args: &["--oidc-issuer-url=https://dex.localhost:4190/dex"],
+        env: &[],
+        warnings: &[],
+    },
+    Compat {
+        file: "entra-id-traefik.cfg",
+        args: &[],
+        env: &[],
+        warnings: &[],
+    },
+    Compat {
+        file: "nginx-auth-request.cfg",
+        args: &[],
+        env: &[],
+        warnings: &[],
+    },
+    Compat {
+        file: "keycloak-oidc.cfg",
+        args: &[],
+        env: &[],
+        warnings: &["provider = \"keycloak-oidc\" runs as provider = \"oidc\""],
+    },
+    Compat {
+        file: "wso2-identity-server.cfg",
+        args: &[],
+        env: &[],
+        warnings: &[],
+    },
+    Compat {
+        file: "crossid.cfg",
+        args: &[],
+        env: &[],
+        warnings: &[],
+    },
+    Compat {
+        file: "azure-legacy.cfg",
+        args: &[],
+        env: &[],
+        warnings: &["provider = \"azure\" (oauth2-proxy's deprecated Azure provider) runs as provider = \"entra-id\""],
+    },
+];
+
+#[test]
+fn real_world_oauth2_proxy_configs_pass_config_test() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".cfg") || n.ends_with(".toml"))
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = COMPAT.iter().map(|c| c.file.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        files, listed,
+        "every file in tests/compat has an entry here, and every entry a file"
+    );
+    for c in COMPAT {
+        assert!(
+            readme.contains(&format!("`{}`", c.file)),
+            "tests/compat/README.md has no row for {}",
+            c.file
+        );
+        let path = dir.join(c.file);
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.starts_with("# Source: "), "{}: the first line names the source", c.file);
+        let run = |strict: bool| {
+            let mut cmd = Command::new(BIN);
+            cmd.env_clear()
+                .envs(c.env.iter().copied())
+                .arg(format!("--config={}", path.display()))
+                .args(c.args)
+                .arg("--config-test");
+            if strict {
+                cmd.arg("--strict");
+            }
+            cmd.output().unwrap()
+        };
+        let out = run(false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", c.file);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("configuration OK"), "{}", c.file);
+        let printed = warnings(&stderr);
+        assert_eq!(printed.len(), c.warnings.len(), "{}: {printed:#?}", c.file);
+        for (got, want) in printed.iter().zip(c.warnings) {
+            assert!(got.contains(want), "{}: {got}", c.file);
+        }
+        if c.warnings.is_empty() {
+            let out = run(true);
+            assert!(
+                out.status.success(),
+                "{} with --strict: {}",
+                c.file,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn config_test_prints_the_warnings_a_start_logs_and_strict_makes_them_fatal() {
+    // No upstream, and a misspelt variable: two warnings.
+    let port = free_port();
+    let args = [
+        "--provider=oidc".to_string(),
+        format!("--oidc-issuer-url={}", dead_issuer()),
+        "--client-id=app".into(),
+        "--client-secret=s".into(),
+        format!("--cookie-secret={COOKIE_SECRET}"),
+        "--email-domain=*".into(),
+        format!("--http-address=127.0.0.1:{port}"),
+    ];
+    let env = [("OAUTH2_PROXY_UPSTREAM", "http://127.0.0.1:8080/")];
+    // An empty environment otherwise: RUST_LOG or a stray OAUTH2_PROXY_* would change the logs.
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(&args)
+        .arg("--config-test")
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tested = warnings(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        tested,
+        [
+            "ignoring unknown environment variable OAUTH2_PROXY_UPSTREAM (did you mean `OAUTH2_PROXY_UPSTREAMS`?)",
+            "no upstream is configured: signed-in requests outside /oauth2 answer 404; set upstreams, e.g. [\"http://127.0.0.1:8080/\"], or [\"static://202\"] for forward auth only",
+        ]
+    );
+
+    // A real start logs the same ones before it serves.
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .args(&args)
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut started = Vec::new();
+    while started.len() < tested.len() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the start-up warnings within 30 s");
+        started.extend(warnings(&line));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(started, tested);
+
+    for extra in [&["--config-test", "--strict"][..], &["--strict"]] {
+        let out = Command::new(BIN).env_clear().args(&args).args(extra).envs(env).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(warnings(&stderr), tested, "{extra:?}");
+        assert!(
+            stderr.contains("sidekey-proxy: --strict: 2 start-up warning(s) above; fix them, or drop --strict"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Each line the child writes to stderr, as it comes.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn an_issuer_answering_404_at_discovery_says_check_oidc_issuer_url() {
+    // A web server that is not an OpenID provider: 404 for everything.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}/realms/typo", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
+            );
+        }
+    });
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .args(base(&issuer, "http://127.0.0.1:1/", port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let failure = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a discovery failure within 30 s");
+        if line.contains("OIDC discovery failed") {
+            break line;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let want = format!(
+        "{issuer}/.well-known/openid-configuration answered 404 Not Found, so oidc_issuer_url does not name an OpenID provider; check oidc_issuer_url"
+    );
+    assert!(failure.contains(&want), "{failure}");
+    assert!(!failure.contains("unreachable"), "{failure}");
+}
+
+#[test]
+fn help_groups_the_options_shows_defaults_and_ends_with_an_example() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut at = 0;
+    for heading in [
+        "Configuration:",
+        "Provider:",
+        "Who may sign in:",
+        "Upstreams and identity headers:",
+        "Forward auth and front ends:",
+        "Cookies:",
+        "Sessions:",
+        "Server:",
+        "TLS:",
+        "Logging:",
+    ] {
+        let found = help[at..]
+            .find(&format!("\n{heading}\n"))
+            .unwrap_or_else(|| panic!("{heading} after the previous heading in:\n{help}"));
+        at += found + 1;
+    }
+    for shown in [
+        "--strict",
+        "[default: 127.0.0.1:4180]",
+        "--cookie-expire <DURATION>",
+        "[default: 168h0m0s]",
+        "--upstream <LIST>",
+    ] {
+        assert!(help.contains(shown), "{shown} in:\n{help}");
+    }
+    assert!(!help.contains("--trusted-ip "), "options sidekey refuses stay out of --help");
+    let tail = help.trim_end();
+    assert!(
+        tail.contains("Example (an OpenID provider in front of an app on port 8080):\n  sidekey-proxy --provider=oidc"),
+        "{help}"
+    );
+    assert!(
+        tail.ends_with("https://github.com/sidekey-dev/sidekey/blob/main/docs/configuration.md"),
+        "{help}"
+    );
+    for flag in ["-V", "--version"] {
+        let out = Command::new(BIN).arg(flag).output().unwrap();
+        assert!(out.status.success(), "{flag}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("sidekey-proxy {}\n", env!("CARGO_PKG_VERSION"))
+        );
     }
 }

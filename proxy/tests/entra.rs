@@ -142,11 +142,19 @@ async fn view(client: &reqwest::Client, url: &str) -> serde_json::Value {
 }
 
 /// Logs `user` in and expects the callback to fail with `status` and no session; returns the page.
+/// A login that fails with `status`. The page has a sentence and the request id only; the
+/// cause (AADSTS code, registration hint) is what the proxy logged under that id, returned here.
 async fn failed_login(proxy: &Proxy, user: &str, status: u16) -> String {
     let resp = login(&browser(), &proxy.url, "/", user, &format!("{user}-password")).await;
     assert_eq!(resp.status(), status);
     assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none(), "no session");
-    resp.text().await.unwrap()
+    let id = request_id(&resp);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(&id), "the page shows the request id: {page}");
+    for internal in ["AADSTS", "system:serviceaccount", "http://", "https://", "Graph", "az ad"] {
+        assert!(!page.contains(internal), "{internal} on the page: {page}");
+    }
+    logged(&id).join("\n")
 }
 
 fn header<'a>(view: &'a serde_json::Value, name: &str) -> &'a str {
@@ -287,9 +295,9 @@ async fn a_sovereign_cloud_authority_and_issuer_template_from_configuration() {
 async fn an_expired_assertion_is_explained() {
     let e = start(Setup::default()).await;
     std::fs::write(&e.token_file, e.cluster.token(NAMESPACE, SA, AUDIENCE, -60)).unwrap();
-    let page = failed_login(&e.proxy, "alice", 403).await;
-    assert!(page.contains("AADSTS700024"), "{page}");
-    assert!(page.contains("the service-account token expired at"), "{page}");
+    let log = failed_login(&e.proxy, "alice", 403).await;
+    assert!(log.contains("AADSTS700024"), "{log}");
+    assert!(log.contains("the service-account token expired at"), "{log}");
 }
 
 #[tokio::test]
@@ -299,14 +307,14 @@ async fn a_subject_without_a_federated_credential_gets_the_exact_registration_hi
         ..Setup::default()
     })
     .await;
-    let page = failed_login(&e.proxy, "alice", 403).await;
-    assert!(page.contains("AADSTS700213"), "{page}");
+    let log = failed_login(&e.proxy, "alice", 403).await;
+    assert!(log.contains("AADSTS700213"), "{log}");
     for needle in [
         format!("issuer {}", e.cluster.issuer),
         "subject system:serviceaccount:shop:web".to_string(),
         format!("az ad app federated-credential create --id {CLIENT}"),
     ] {
-        assert!(page.contains(&needle), "{needle} missing from {page}");
+        assert!(log.contains(&needle), "{needle} missing from {log}");
     }
 }
 
@@ -323,11 +331,8 @@ async fn a_missing_token_file_is_not_ready_until_it_is_projected() {
     assert_eq!(resp.status(), 503);
     assert!(resp.text().await.unwrap().contains("client credential"));
     // A login attempt fails with the cause instead of sending no credential.
-    let page = failed_login(&e.proxy, "alice", 503).await;
-    assert!(
-        page.contains("AZURE_FEDERATED_TOKEN_FILE") && page.contains("not mounted"),
-        "{page}"
-    );
+    let log = failed_login(&e.proxy, "alice", 503).await;
+    assert!(log.contains("AZURE_FEDERATED_TOKEN_FILE") && log.contains("not mounted"), "{log}");
     std::fs::write(&e.token_file, e.cluster.token(NAMESPACE, SA, AUDIENCE, 3600)).unwrap();
     eventually("ready once the token is projected", Duration::from_secs(10), || async {
         client.get(&ready).send().await.unwrap().status() == 200
@@ -339,8 +344,8 @@ async fn a_missing_token_file_is_not_ready_until_it_is_projected() {
 #[tokio::test]
 async fn a_graph_failure_is_a_login_error_not_an_empty_group_list() {
     let e = start(Setup::default()).await;
-    let page = failed_login(&e.proxy, "frank", 502).await;
-    assert!(page.contains("Microsoft Graph answered 503"), "{page}");
+    let log = failed_login(&e.proxy, "frank", 502).await;
+    assert!(log.contains("Microsoft Graph answered 503"), "{log}");
 }
 
 #[tokio::test]
@@ -353,8 +358,8 @@ async fn multi_tenant_issuers_admit_only_allowed_tenants() {
         ..Setup::default()
     })
     .await;
-    let page = failed_login(&only_a.proxy, "alice", 403).await;
-    assert!(page.contains(TENANT_B) && page.contains("entra_id_allowed_tenants"), "{page}");
+    let log = failed_login(&only_a.proxy, "alice", 403).await;
+    assert!(log.contains(TENANT_B) && log.contains("entra_id_allowed_tenants"), "{log}");
 
     let both = start(Setup {
         tenants: &[TENANT_A, TENANT_B],

@@ -380,6 +380,6 @@ async fn sign_out_ends_the_provider_session_and_calls_the_backend() {
         .await
         .unwrap();
     let q: std::collections::HashMap<_, _> = url::Url::parse(&location(&out)).unwrap().query_pairs().into_owned().collect();
-    assert_eq!(q["post_logout_redirect_uri"], format!("http://{addr}/"));
+    assert_eq!(q["post_logout_redirect_uri"], format!("http://{addr}/oauth2/signed_out"));
     drop(idp);
 }

@@ -227,7 +227,21 @@ async fn ready_waits_for_discovery_while_ping_answers() {
     assert_eq!(client.get(format!("{}/ready", proxy.url)).send().await.unwrap().status(), 503);
     let start = client.get(format!("{}/oauth2/start", proxy.url)).send().await.unwrap();
     assert_eq!(start.status(), 503, "a clear error page, not a hang or a 500");
-    assert!(start.text().await.unwrap().contains("unreachable"));
+    let id = request_id(&start);
+    let page = start.text().await.unwrap();
+    assert!(
+        page.contains("Signing in is not possible right now") && page.contains(&id),
+        "{page}"
+    );
+    assert!(
+        !page.contains("127.0.0.1") && !page.contains("unreachable"),
+        "no internals on the page: {page}"
+    );
+    assert!(
+        logged(&id).iter().any(|l| l.contains("unreachable")),
+        "the cause is logged under {id}: {:?}",
+        logged(&id)
+    );
     let _idp = Idp::start(&[callback], serde_json::json!({ "port": idp_port }));
     eventually("/ready to turn 200", Duration::from_secs(60), || async {
         client.get(format!("{}/ready", proxy.url)).send().await.unwrap().status() == 200
@@ -278,7 +292,9 @@ async fn state_code_and_nonce_are_checked() {
     );
     let resp = client.get(&replay).send().await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(resp.text().await.unwrap().contains("invalid_grant"));
+    let id = request_id(&resp);
+    assert!(resp.text().await.unwrap().contains("refused to complete the sign-in"));
+    assert!(logged(&id).iter().any(|l| l.contains("invalid_grant")), "{:?}", logged(&id));
 
     // Wrong nonce: a CSRF cookie (sealed with the same secret) whose nonce differs.
     let fresh = browser();
@@ -332,7 +348,9 @@ async fn expired_id_token_is_refused() {
     env.proxy.clock.advance(Duration::from_secs(600));
     let resp = client.get(&callback).send().await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(resp.text().await.unwrap().to_lowercase().contains("expired"));
+    let id = request_id(&resp);
+    assert!(resp.text().await.unwrap().contains("could not be verified"));
+    assert!(logged(&id).iter().any(|l| l.contains("expired")), "{:?}", logged(&id));
 }
 
 #[tokio::test]
@@ -346,7 +364,7 @@ async fn authorization_rules_refuse_at_login() {
     // carol's email is unverified.
     let resp = login(&browser(), p, "/", "carol", "carol-password").await;
     assert_eq!(resp.status(), 403);
-    assert!(resp.text().await.unwrap().contains("unverified"));
+    assert!(resp.text().await.unwrap().contains("not verified"));
     // mallory's email has two @.
     let resp = login(&browser(), p, "/", "mallory", "mallory-password").await;
     assert_eq!(resp.status(), 403);
@@ -358,6 +376,65 @@ async fn authorization_rules_refuse_at_login() {
     assert!(resp.text().await.unwrap().contains("not in an allowed group"));
     let ok = login(&browser(), &groups.proxy.url, "/", "alice", "alice-password").await;
     assert_eq!(ok.status(), 302);
+}
+
+/// The access-denied page names who was refused and offers a way out that makes the
+/// provider ask again (`prompt=login`) instead of silently reusing the refused session.
+#[tokio::test]
+async fn a_refused_account_is_named_and_can_sign_in_as_someone_else() {
+    let env = setup(&[]).await;
+    let p = &env.proxy.url;
+    let client = browser();
+    let resp = login(&client, p, "/reports?q=1", "bob", "bob-password").await;
+    assert_eq!(resp.status(), 403);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(r#"<strong id="account">bob@other.org</strong>"#), "{page}");
+    assert!(page.contains("not in an allowed domain"), "the reason: {page}");
+    let href = page
+        .split(r#"id="switch-account" href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no switch-account link: {page}"))
+        .replace("&amp;", "&");
+    assert_eq!(href, "/oauth2/start?rd=%2Freports%3Fq%3D1&prompt=login");
+    assert!(
+        logged("bob@other.org").iter().any(|l| l.contains("denied")),
+        "the refused account is in the auth log"
+    );
+    let start = client.get(format!("{p}{href}")).send().await.unwrap();
+    let auth_url = url::Url::parse(&location(&start)).unwrap();
+    let prompt: Vec<_> = auth_url
+        .query_pairs()
+        .filter(|(k, _)| k == "prompt")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(prompt, ["login"]);
+    // Any other prompt from the query is not ours to pass on.
+    for other in ["none", "consent", "login%20consent"] {
+        let start = client.get(format!("{p}/oauth2/start?prompt={other}")).send().await.unwrap();
+        let auth_url = url::Url::parse(&location(&start)).unwrap();
+        assert!(auth_url.query_pairs().all(|(k, _)| k != "prompt"), "prompt={other}: {auth_url}");
+    }
+    // With a session that the rules refuse (the rules changed since it was made), the
+    // page names the session's account and returns to the page asked for.
+    let alice = login(&browser(), p, "/", "alice", "alice-password").await;
+    let cookie = set_cookie_value(&alice, "_oauth2_proxy").unwrap();
+    // A second proxy with the same cookie secret and stricter rules reads the same cookie.
+    let strict = Proxy::start(
+        Proxy::bind().await,
+        &Proxy::args(&env.idp.issuer, &env._upstream.url, &["--allowed-group=nobody"]),
+    )
+    .await;
+    let resp = browser()
+        .get(format!("{}/deep/page", strict.url))
+        .header("cookie", format!("_oauth2_proxy={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(r#"<strong id="account">alice@example.com</strong>"#), "{page}");
+    assert!(page.contains("rd=%2Fdeep%2Fpage&amp;prompt=login"), "{page}");
 }
 
 #[tokio::test]
@@ -414,7 +491,7 @@ async fn open_redirects_are_refused() {
             .send()
             .await
             .unwrap();
-        assert_eq!(location(&out), "/", "sign_out rd {bad:?}");
+        assert_eq!(location(&out), "/oauth2/signed_out", "sign_out rd {bad:?}");
         let callback = start_and_authenticate(&client, p, bad, "alice", "alice-password").await;
         let done = client.get(callback).send().await.unwrap();
         assert_eq!(location(&done), "/", "start rd {bad:?}");

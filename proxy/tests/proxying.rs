@@ -114,7 +114,38 @@ async fn upstream_down_gives_a_quick_502() {
     let resp = signed_in_get(format!("{}/", proxy.url)).await;
     assert_eq!(resp.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
-    assert!(resp.text().await.unwrap().contains("not responding"));
+    // A person sees a sentence and the request id; the transport error and the upstream's
+    // address are for the operator, in the log under that id.
+    let id = request_id(&resp);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("The application is not responding") && page.contains(&id), "{page}");
+    let port = dead.rsplit(':').next().unwrap();
+    let without_id = page.replace(&id, "");
+    for internal in ["127.0.0.1", port, "error", "tcp", "Connect"] {
+        assert!(!without_id.contains(internal), "{internal:?} on the page: {page}");
+    }
+    let log = logged(&id).join("\n");
+    assert!(log.contains(&dead) && log.contains("unreachable"), "logged under {id}: {log}");
+}
+
+#[tokio::test]
+async fn unknown_proxy_endpoints_get_the_branded_404() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy_for(&[&upstream.url]).await;
+    for path in ["/oauth2/nope", "/oauth2/", "/oauth2/sign_out/extra"] {
+        let resp = client().get(format!("{}{path}", proxy.url)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let page = resp.text().await.unwrap();
+        assert!(
+            page.contains("<h1>Page not found</h1>") && page.contains("request id"),
+            "{path}: {page}"
+        );
+    }
+    // The signed-out page is ours, and needs no session.
+    let resp = client().get(format!("{}/oauth2/signed_out", proxy.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("You are signed out"));
 }
 
 #[tokio::test]

@@ -182,8 +182,14 @@ async fn redis_down_at_start_then_up() {
     let resp = client.get(callback).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(set_cookie_value(&resp, "_oauth2_proxy").is_none());
+    let id = request_id(&resp);
     let page = resp.text().await.unwrap();
-    assert!(page.contains("Sessions are unavailable") && page.contains("Redis"), "{page}");
+    assert!(page.contains("Sessions are unavailable") && page.contains(&id), "{page}");
+    assert!(
+        !page.contains("Redis") && !page.contains("127.0.0.1"),
+        "no internals on the page: {page}"
+    );
+    assert!(logged(&id).iter().any(|l| l.contains("Redis")), "the cause is logged under {id}");
 
     redis.run().await;
     eventually("ready once Redis is up", Duration::from_secs(10), || {

@@ -71,12 +71,13 @@ async fn a_swapped_pkce_verifier_is_refused_by_the_provider() {
             .send()
             .await
             .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        let id = request_id(&resp);
+        (resp.status().as_u16(), logged(&id).join("\n"))
     };
     assert_eq!(run(false).await.0, 302, "the genuine verifier signs in");
-    let (status, body) = run(true).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("invalid_grant"), "{body}");
+    let (status, log) = run(true).await;
+    assert_eq!(status, 403, "{log}");
+    assert!(log.contains("invalid_grant"), "the provider's refusal is logged: {log}");
 }
 
 #[tokio::test]

@@ -303,8 +303,13 @@ async fn provider_down_or_hanging_during_login_gives_a_clear_page_then_recovers(
     );
     let status = resp.status().as_u16();
     assert!(status == 502 || status == 503 || status == 504, "{status}");
+    let id = request_id(&resp);
     let body = resp.text().await.unwrap();
-    assert!(body.contains("timed out"), "{body}");
+    assert!(body.contains("did not complete the sign-in") && body.contains(&id), "{body}");
+    assert!(
+        logged(&id).iter().any(|l| l.contains("timed out")),
+        "the cause is logged under {id}"
+    );
     idp.set_token_delay(Duration::ZERO);
     assert_eq!(scripted_login(&browser(), &proxy.url).await.status(), 302, "recovered");
 }

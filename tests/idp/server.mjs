@@ -81,7 +81,16 @@ function makeProvider(issuer, { prefix = '', tenant, routes, clients = config.cl
     },
     conformIdTokenClaims: false,
     clockTolerance: 0,
-    features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
+    features: {
+      devInteractions: { enabled: false },
+      // Sign-out confirmation as a plain form with a stable id, so a browser test can click it.
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: (ctx, form) => {
+          ctx.body = page('Sign out', `${form}<p>Sign out of the test identity provider?</p><button id="logout-yes" type="submit" form="op.logoutForm" name="logout" value="yes">Yes, sign me out</button>`);
+        },
+      },
+    },
     pkce: { required: () => false },
     scopes: ['openid', 'email', 'profile', 'offline_access'],
     ttl: {

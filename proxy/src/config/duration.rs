@@ -19,8 +19,8 @@ pub enum DurationError {
     Overflow,
 }
 
+/// As Go's, no surrounding space is allowed: oauth2-proxy refuses `" 1h"` too.
 pub fn parse(s: &str) -> Result<Duration, DurationError> {
-    let s = s.trim();
     if s.is_empty() {
         return Err(DurationError::Empty);
     }
@@ -81,5 +81,6 @@ mod tests {
         assert_eq!(parse("10d"), Err(DurationError::UnknownUnit("d".into())));
         assert!(parse("h").is_err());
         assert!(parse("1..5h").is_err());
+        assert!(parse(" 1h").is_err() && parse("1h ").is_err());
     }
 }

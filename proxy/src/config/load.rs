@@ -5,13 +5,18 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Arg, ArgAction, Command};
-
-use super::ConfigError;
-use super::options::{self, Kind, OPTIONS, Opt, Status};
+use super::options::{self, OPTIONS, Opt, Status};
+use super::{ConfigError, cli, weak};
 
 /// Options that exist only on the command line.
-const CLI_ONLY: &[&str] = &["config", "config_test", "version", "alpha_config", "convert_config_to_alpha"];
+const CLI_ONLY: &[&str] = &[
+    "config",
+    "config_test",
+    "strict",
+    "version",
+    "alpha_config",
+    "convert_config_to_alpha",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
@@ -32,7 +37,8 @@ pub enum Origin {
 #[derive(Debug, Default)]
 pub struct Values {
     map: HashMap<&'static str, (Value, Origin)>,
-    /// Non-fatal findings (unknown environment variables), logged once at start-up.
+    /// What loading found without refusing it (unknown environment variables); `Config`
+    /// adds its own and reports them all at start-up.
     pub warnings: Vec<String>,
     /// The variables Azure workload identity's webhook (or a hand-written pod spec) sets.
     pub azure: AzureEnv,
@@ -68,6 +74,11 @@ impl Values {
 
     pub fn is_set(&self, key: &str) -> bool {
         self.map.contains_key(key)
+    }
+
+    /// The options set anywhere, with their values.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.map.iter().map(|(k, (v, _))| (*k, v))
     }
 
     pub fn str(&self, key: &str) -> String {
@@ -123,6 +134,8 @@ impl Values {
 pub struct Invocation {
     pub values: Values,
     pub config_test: bool,
+    /// `--strict`: a start-up warning is fatal.
+    pub strict: bool,
 }
 
 /// Parses the command line, the environment and the config file it names.
@@ -146,7 +159,7 @@ where
     T: Into<OsString> + Clone,
     E: IntoIterator<Item = (String, String)>,
 {
-    let matches = command().try_get_matches_from(args).map_err(LoadError::Cli)?;
+    let matches = cli::command().try_get_matches_from(args).map_err(LoadError::Cli)?;
 
     let mut flags = Values::default();
     for opt in OPTIONS.iter().filter(|o| o.key != "version") {
@@ -157,7 +170,10 @@ where
             .get_many::<String>(opt.key)
             .map(|vals| vals.cloned().collect())
             .unwrap_or_default();
-        let value = parse_text(opt, &raw, &format!("--{}", opt.flag))?;
+        let value = weak::from_flags(opt.kind, &raw).map_err(|e| ConfigError::Invalid {
+            option: format!("--{}", opt.flag),
+            message: e.to_string(),
+        })?;
         flags.set(opt, value, Origin::Flag);
     }
 
@@ -170,8 +186,13 @@ where
         let Some(rest) = name.strip_prefix("OAUTH2_PROXY_") else { continue };
         let key = rest.to_ascii_lowercase();
         match options::by_key(&key) {
+            // viper treats an empty variable as unset, so the file or the default applies.
+            Some(opt) if raw.is_empty() && (!CLI_ONLY.contains(&opt.key) || opt.key == "config") => {}
             Some(opt) if !CLI_ONLY.contains(&opt.key) || opt.key == "config" => {
-                let value = parse_text(opt, std::slice::from_ref(&raw), &name)?;
+                let value = weak::from_env(opt.kind, &raw).map_err(|e| ConfigError::Invalid {
+                    option: name.clone(),
+                    message: e.to_string(),
+                })?;
                 env_values.set(opt, value, Origin::Env);
             }
             _ => env_values.warnings.push(format!(
@@ -195,7 +216,12 @@ where
     values.azure = azure;
 
     let config_test = values.bool("config_test");
-    Ok(Invocation { values, config_test })
+    let strict = values.bool("strict");
+    Ok(Invocation {
+        values,
+        config_test,
+        strict,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,68 +230,6 @@ pub enum LoadError {
     Cli(clap::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
-}
-
-fn command() -> Command {
-    let mut cmd = Command::new("sidekey-proxy")
-        .about("OIDC-authenticating reverse proxy and forward-auth endpoint; reads oauth2-proxy's flags, TOML keys and OAUTH2_PROXY_* variables.")
-        .version(env!("CARGO_PKG_VERSION"))
-        .disable_version_flag(true)
-        // Go's pflag: a repeated single-valued flag takes the last value.
-        .args_override_self(true)
-        .arg(Arg::new("print_version").long("version").action(ArgAction::Version).help("Print the version and exit."));
-    for opt in OPTIONS.iter().filter(|o| o.key != "version") {
-        let mut arg = Arg::new(opt.key).long(opt.flag).help(opt.help).value_name(match opt.kind {
-            Kind::Str => "STRING",
-            Kind::Bool => "BOOL",
-            Kind::Int => "INT",
-            Kind::List => "LIST",
-        });
-        arg = match opt.kind {
-            // Go's pflag: `--flag` means true, `--flag=false` turns it off.
-            Kind::Bool => arg.num_args(0..=1).require_equals(true).default_missing_value("true"),
-            Kind::List => arg.action(ArgAction::Append).num_args(1),
-            _ => arg.num_args(1),
-        };
-        if !matches!(opt.status, Status::Supported) {
-            arg = arg.hide(true);
-        }
-        cmd = cmd.arg(arg);
-    }
-    cmd
-}
-
-/// Parses text from a flag or an environment variable.
-fn parse_text(opt: &'static Opt, raw: &[String], origin: &str) -> Result<Value, ConfigError> {
-    let last = raw.last().cloned().unwrap_or_default();
-    Ok(match opt.kind {
-        Kind::Str => Value::Str(last),
-        Kind::Bool => Value::Bool(parse_bool(&last).ok_or_else(|| ConfigError::Invalid {
-            option: origin.to_string(),
-            message: format!("`{last}` is not a boolean; use true or false"),
-        })?),
-        Kind::Int => Value::Int(last.trim().parse().map_err(|_| ConfigError::Invalid {
-            option: origin.to_string(),
-            message: format!("`{last}` is not a whole number"),
-        })?),
-        Kind::List => Value::List(
-            raw.iter()
-                .flat_map(|r| r.split(','))
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        ),
-    })
-}
-
-/// Go's strconv.ParseBool.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim() {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 fn read_toml_file(path: &std::path::Path) -> Result<Values, ConfigError> {
@@ -287,26 +251,11 @@ pub fn parse_toml(text: &str, origin: &str) -> Result<Values, ConfigError> {
         let opt = options::by_key(&key)
             .filter(|o| !CLI_ONLY.contains(&o.key))
             .ok_or_else(|| unknown(&key, origin))?;
-        let wrong = |expected: &str| ConfigError::Invalid {
+        let value = weak::from_toml(opt.kind, &item).map_err(|e| ConfigError::InvalidIn {
             option: key.clone(),
-            message: format!("expected {expected} in {origin}, found {}", item.type_str()),
-        };
-        let value = match (opt.kind, &item) {
-            (Kind::Str, toml::Value::String(s)) => Value::Str(s.clone()),
-            (Kind::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),
-            (Kind::Int, toml::Value::Integer(i)) => Value::Int(*i),
-            (Kind::List, toml::Value::String(s)) => Value::List(vec![s.clone()]),
-            (Kind::List, toml::Value::Array(items)) => Value::List(
-                items
-                    .iter()
-                    .map(|i| i.as_str().map(String::from).ok_or_else(|| wrong("an array of strings")))
-                    .collect::<Result<_, _>>()?,
-            ),
-            (Kind::Str, _) => return Err(wrong("a string")),
-            (Kind::Bool, _) => return Err(wrong("true or false")),
-            (Kind::Int, _) => return Err(wrong("an integer")),
-            (Kind::List, _) => return Err(wrong("an array of strings")),
-        };
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
         values.set(opt, value, Origin::File);
     }
     Ok(values)
@@ -324,17 +273,26 @@ fn suggestion(key: Option<String>) -> String {
     key.map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default()
 }
 
+/// Whether `value` is what oauth2-proxy uses when the option is not set at all.
+pub(super) fn is_default(opt: &Opt, value: &Value) -> bool {
+    match value {
+        // `1s` and `1000ms` are the same duration.
+        Value::Str(s) if opt.kind == options::Kind::Duration => {
+            s == opt.default || super::duration::parse(s).ok() == super::duration::parse(opt.default).ok()
+        }
+        Value::Str(s) => s == opt.default,
+        Value::Bool(b) => b.to_string() == opt.default,
+        Value::Int(i) => i.to_string() == opt.default,
+        Value::List(l) => l.is_empty() || l.join(",") == opt.default,
+    }
+}
+
 /// Refuses planned and not-planned options set to anything but oauth2-proxy's default:
 /// silently ignoring, say, `skip_auth_routes` would change who gets in.
 fn check_status(values: &Values) -> Result<(), ConfigError> {
     for (key, (value, origin)) in &values.map {
         let opt = options::by_key(key).expect("values only hold known keys");
-        let is_default = match value {
-            Value::Str(s) => s == opt.default,
-            Value::Bool(b) => b.to_string() == opt.default,
-            Value::Int(i) => i.to_string() == opt.default,
-            Value::List(l) => l.is_empty() || l.join(",") == opt.default,
-        };
+        let is_default = is_default(opt, value);
         let where_ = match origin {
             Origin::File => "the config file",
             Origin::Env => "the environment",

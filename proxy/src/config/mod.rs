@@ -1,9 +1,12 @@
 //! Configuration: the oauth2-proxy-compatible option table, the loader, and the typed,
 //! validated [`Config`] the proxy runs on. Every error names the option and the fix.
 
+mod cli;
 pub mod duration;
 pub mod load;
 pub mod options;
+mod warnings;
+pub mod weak;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -29,6 +32,8 @@ pub enum ConfigError {
     Unknown { key: String, origin: String, suggestion: String },
     #[error("option `{option}`: {message}")]
     Invalid { option: String, message: String },
+    #[error("option `{option}` in {origin}: {message}")]
+    InvalidIn { option: String, origin: String, message: String },
 }
 
 fn invalid(option: &str, message: impl Into<String>) -> ConfigError {
@@ -204,6 +209,8 @@ pub struct Config {
     pub banner: Option<String>,
     pub footer: Option<String>,
     pub logging: LoggingConfig,
+    /// Start-up warnings (see `warnings`), for the log and for `--config-test`.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -294,7 +301,7 @@ impl Config {
                 "a minimal session holds no tokens, so it cannot be combined with pass_access_token, pass_authorization_header or set_authorization_header; turn one of them off",
             ));
         }
-        Ok(Config {
+        let mut cfg = Config {
             http_address: parse_listen_address(&v.str("http_address")).map_err(|m| invalid("http_address", m))?,
             https: https_config(v)?,
             metrics_address: v
@@ -330,7 +337,10 @@ impl Config {
             banner: v.opt_str("banner"),
             footer: v.opt_str("footer"),
             logging,
-        })
+            warnings: Vec::new(),
+        };
+        cfg.warnings = warnings::collect(v, &cfg);
+        Ok(cfg)
     }
 }
 
@@ -386,14 +396,9 @@ fn sign_out_config(v: &Values) -> Result<SignOutConfig, ConfigError> {
 fn https_config(v: &Values) -> Result<Option<(SocketAddr, crate::tls::TlsSettings)>, ConfigError> {
     let (cert, key) = match (v.opt_str("tls_cert_file"), v.opt_str("tls_key_file")) {
         (Some(c), Some(k)) => (PathBuf::from(c), PathBuf::from(k)),
-        (None, None) => {
-            for key in ["https_address", "tls_min_version", "tls_cipher_suites"] {
-                if v.is_set(key) {
-                    return Err(invalid(key, "needs tls_cert_file and tls_key_file to serve HTTPS"));
-                }
-            }
-            return Ok(None);
-        }
+        // oauth2-proxy serves HTTPS only with a certificate and ignores https_address
+        // otherwise (its Helm chart always passes one); `warnings` says so.
+        (None, None) => return Ok(None),
         (Some(_), None) => return Err(invalid("tls_key_file", "is required with tls_cert_file")),
         (None, Some(_)) => return Err(invalid("tls_cert_file", "is required with tls_key_file")),
     };
@@ -614,19 +619,30 @@ fn is_loopback_host(url: &Url) -> bool {
 }
 
 fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
-    let is_entra = match v.str("provider").as_str() {
+    let provider = v.str("provider");
+    let legacy_azure = provider == "azure";
+    let is_entra = match provider.as_str() {
         "oidc" => false,
-        "entra-id" => true,
+        // oauth2-proxy's deprecated Azure AD provider signs in against the same tenant;
+        // entra-id does that with the v2.0 endpoints and checks more (`warnings` says so).
+        "entra-id" | "azure" => true,
+        // keycloak-oidc is the oidc provider plus Keycloak roles added to the groups as
+        // `role:<name>`; without roles it is oidc.
+        "keycloak-oidc" => {
+            if let Some(role) = v.list("allowed_groups").into_iter().find(|g| g.starts_with("role:")) {
+                return Err(invalid(
+                    "allowed_groups",
+                    format!(
+                        "`{role}` is a Keycloak role, which provider = \"keycloak-oidc\" adds to the groups; sidekey-proxy reads groups from the groups claim only, so it would match no one. Remove it, or keep oauth2-proxy until allowed_roles is supported"
+                    ),
+                ));
+            }
+            false
+        }
         "google" if !v.is_set("provider") => {
             return Err(invalid(
                 "provider",
                 "not set, and oauth2-proxy's default `google` is not supported; set provider = \"oidc\" with oidc_issuer_url (for Google: https://accounts.google.com), or provider = \"entra-id\"",
-            ));
-        }
-        "azure" => {
-            return Err(invalid(
-                "provider",
-                "the legacy `azure` provider (Entra v1 endpoints) is deprecated upstream; use provider = \"entra-id\" with oidc_issuer_url = \"https://login.microsoftonline.com/<tenant>/v2.0\"",
             ));
         }
         other => {
@@ -666,7 +682,14 @@ fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
         }
     };
     let issuer_raw = match (v.opt_str("oidc_issuer_url"), is_entra) {
+        (Some(raw), _) if legacy_azure => azure_v2_issuer(&raw),
         (Some(raw), _) => raw,
+        // oauth2-proxy's azure provider defaults to the `common` tenant; AZURE_TENANT_ID
+        // (workload identity) is used when azure_tenant is not set.
+        (None, true) if legacy_azure && (v.is_set("azure_tenant") || azure.tenant_id.is_none()) => {
+            let host = azure.authority_host.clone().unwrap_or_else(|| entra::DEFAULT_AUTHORITY_HOST.into());
+            format!("{}/{}/v2.0", host.trim_end_matches('/'), v.str("azure_tenant"))
+        }
         (None, true) => match &azure.tenant_id {
             Some(tenant) => {
                 let host = azure.authority_host.clone().unwrap_or_else(|| entra::DEFAULT_AUTHORITY_HOST.into());
@@ -739,6 +762,18 @@ fn provider_config(v: &Values) -> Result<ProviderConfig, ConfigError> {
         allow_unverified_email: v.bool("insecure_oidc_allow_unverified_email"),
         ca_files,
     })
+}
+
+/// The v2.0 issuer for an issuer the azure provider accepted: its v1 form
+/// `https://sts.windows.net/<tenant>/` names the same tenant.
+fn azure_v2_issuer(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(url) if url.host_str() == Some("sts.windows.net") => match url.path_segments().and_then(|mut s| s.next()) {
+            Some(tenant) if !tenant.is_empty() => format!("{}/{tenant}/v2.0", entra::DEFAULT_AUTHORITY_HOST.trim_end_matches('/')),
+            _ => raw.to_string(),
+        },
+        _ => raw.to_string(),
+    }
 }
 
 fn entra_config(v: &Values, issuer: &Url) -> Result<EntraConfig, ConfigError> {

@@ -9,6 +9,8 @@ pub enum Kind {
     Str,
     Bool,
     Int,
+    /// Go's `time.ParseDuration` text (`168h`, `1h30m`); kept as text until validated.
+    Duration,
     /// Repeated flags or comma-separated values; a TOML array.
     List,
 }
@@ -80,7 +82,15 @@ pub static OPTIONS: &[Opt] = &[
         Bool,
         "false",
         Supported,
-        "Validate the configuration, print a summary and exit (sidekey extension).",
+        "Validate the configuration, print a summary and the start-up warnings, and exit (sidekey extension).",
+    ),
+    o(
+        "strict",
+        "strict",
+        Bool,
+        "false",
+        Supported,
+        "Refuse to start, or fail --config-test, when there is any start-up warning (sidekey extension).",
     ),
     o("version", "version", Bool, "false", Supported, "Print the version and exit."),
     o(
@@ -297,7 +307,7 @@ pub static OPTIONS: &[Opt] = &[
     o(
         "upstream-timeout",
         "upstream_timeout",
-        Str,
+        Duration,
         "30s",
         Supported,
         "Maximum time to wait for an upstream's response headers.",
@@ -305,7 +315,7 @@ pub static OPTIONS: &[Opt] = &[
     o(
         "flush-interval",
         "flush_interval",
-        Str,
+        Duration,
         "1s",
         Ignored("responses are streamed and flushed as bytes arrive"),
         "Period between flushes of streamed responses.",
@@ -357,7 +367,7 @@ pub static OPTIONS: &[Opt] = &[
         Str,
         "google",
         Supported,
-        "OAuth provider: oidc, or entra-id (Microsoft Entra ID: tenant-aware issuer checks, groups overage, workload identity).",
+        "OAuth provider: oidc, or entra-id (Microsoft Entra ID: tenant-aware issuer checks, groups overage, workload identity). oauth2-proxy's azure runs as entra-id and keycloak-oidc as oidc, with a warning.",
     ),
     o(
         "provider-display-name",
@@ -664,8 +674,8 @@ pub static OPTIONS: &[Opt] = &[
         "azure_tenant",
         Str,
         "common",
-        NotPlanned("the legacy azure provider is deprecated upstream; use entra-id"),
-        "Azure tenant.",
+        Supported,
+        "With provider = azure and no oidc_issuer_url: the tenant of the issuer https://login.microsoftonline.com/<tenant>/v2.0.",
     ),
     o(
         "azure-graph-group-field",
@@ -1035,7 +1045,7 @@ pub static OPTIONS: &[Opt] = &[
     o(
         "cookie-expire",
         "cookie_expire",
-        Str,
+        Duration,
         "168h0m0s",
         Supported,
         "Session lifetime, a duration such as 168h or 12h30m.",
@@ -1043,7 +1053,7 @@ pub static OPTIONS: &[Opt] = &[
     o(
         "cookie-refresh",
         "cookie_refresh",
-        Str,
+        Duration,
         "0s",
         Supported,
         "Refresh the session's tokens after this duration (0s: only when they are about to expire).",
@@ -1083,7 +1093,7 @@ pub static OPTIONS: &[Opt] = &[
     o(
         "cookie-csrf-expire",
         "cookie_csrf_expire",
-        Str,
+        Duration,
         "15m",
         Supported,
         "Lifetime of the CSRF cookie (the time a user has to log in).",
@@ -1396,10 +1406,21 @@ pub fn markdown() -> String {
          sidekey-proxy reads oauth2-proxy's configuration unchanged: command-line flags, a TOML file \
          (`--config`), and `OAUTH2_PROXY_*` environment variables, with the same names and the same \
          precedence (flag > environment > file). Lists are repeated flags or comma-separated values \
-         (`--email-domain=a.com,b.com`), TOML arrays, or comma-separated environment values.\n\n\
+         (`--email-domain=a.com,b.com`; quote an item that holds a comma: `'\"^/a{1,2}$\",^/b'`), TOML arrays, \
+         or comma-separated strings in the file and the environment. An empty `OAUTH2_PROXY_*` variable counts as \
+         unset.\n\n\
+         Values are typed as oauth2-proxy types them, so `skip_provider_button = \"true\"` is a boolean: a boolean \
+         is `true`/`false` or, as text, Go's `1, t, T, TRUE, True` and `0, f, F, FALSE, False` (an empty string in \
+         the file is false); an int may be written as a string (`\"30\"`, Go's `0x1e`); a string may be a number or \
+         a boolean (`client_id = 12345`; a boolean becomes `1` or `0`); a single value is a one-item list. A duration \
+         is text such as `168h` or `1h30m`: a bare number is refused, because oauth2-proxy would read \
+         `cookie_expire = 604800` as 604800 nanoseconds (a bare `0` is accepted as zero).\n\n\
          Unknown keys in the file or on the command line are an error that names the closest valid key. \
          Unknown `OAUTH2_PROXY_*` environment variables only warn, because Kubernetes injects \
          `OAUTH2_PROXY_SERVICE_HOST`-style variables for any Service called `oauth2-proxy`.\n\n\
+         `--config-test` and a normal start print the same warnings (an unknown `OAUTH2_PROXY_*` variable, no \
+         upstream, an option that has no effect, a provider that runs as another); `--strict` makes any of them \
+         fatal.\n\n\
          Status: **supported**; **planned** (a non-default value is refused at start-up until it is \
          built, never silently ignored); **not planned** (refused when set to a non-default value, with \
          the reason); **ignored** (accepted; sidekey already behaves as described).\n\n\
@@ -1413,6 +1434,7 @@ pub fn markdown() -> String {
             Str => "string",
             Bool => "bool",
             Int => "int",
+            Duration => "duration",
             List => "list",
         };
         let status = match o.status {

@@ -98,9 +98,25 @@ fn unknown_keys_name_the_key_and_the_closest_valid_one() {
 #[test]
 fn wrong_types_name_the_option() {
     let err = parse_toml("cookie_secure = \"yes\"", "c").unwrap_err().to_string();
-    assert!(err.starts_with("option `cookie_secure`: expected true or false"), "{err}");
-    let err = parse_toml("email_domains = [1]", "c").unwrap_err().to_string();
-    assert!(err.contains("email_domains"), "{err}");
+    assert!(err.starts_with("option `cookie_secure` in c: `yes` is not a boolean"), "{err}");
+    let err = parse_toml("email_domains = [[\"a.com\"]]", "c").unwrap_err().to_string();
+    assert!(
+        err.starts_with("option `email_domains` in c: expected an array of strings"),
+        "{err}"
+    );
+}
+
+/// The Traefik example every guide copies writes booleans and lists as strings; oauth2-proxy
+/// loads it, and so does sidekey-proxy.
+#[test]
+fn quoted_booleans_and_string_lists_load_as_oauth2_proxy_loads_them() {
+    let text = format!(
+        "provider=\"oidc\"\noidc_issuer_url=\"https://idp.example.com\"\nclient_id=\"c\"\nclient_secret=\"s\"\ncookie_secret=\"{SECRET_44}\"\nemail_domains=\"example.com\"\ncookie_secure=\"false\"\nreverse_proxy=\"true\"\nupstreams=\"static://202\"\nskip_provider_button=\"true\"\nwhitelist_domains=\".example.com\"\n"
+    );
+    let cfg = Config::from_values(&parse_toml(&text, "t").unwrap()).unwrap();
+    assert!(cfg.skip_provider_button && !cfg.cookie.secure);
+    assert_eq!(cfg.authz.email_domains, ["example.com"]);
+    assert_eq!(cfg.upstreams[0].target, UpstreamTarget::Static(202));
 }
 
 #[test]
@@ -197,7 +213,7 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
             "option `oidc_issuer_url`: `http://idp.example.com/` uses plain http",
         ),
         (&["--oidc-issuer-url=not a url"], "option `oidc_issuer_url`"),
-        (&["--cookie-expire=7d"], "option `cookie_expire`: `7d` is not a duration"),
+        (&["--cookie-expire=7d"], "option `--cookie-expire`: `7d` is not a duration"),
         (&["--cookie-samesite=sometimes"], "option `cookie_samesite`"),
         (&["--upstream=ftp://x"], "option `upstreams`: `ftp://x`"),
         (&["--upstream=static://abc"], "static://202"),
@@ -260,10 +276,6 @@ fn missing_and_bad_settings_name_the_option_and_fix() {
         (
             &["--tls-cert-file=/x/tls.crt"],
             "option `tls_key_file`: is required with tls_cert_file",
-        ),
-        (
-            &["--https-address=:8443"],
-            "option `https_address`: needs tls_cert_file and tls_key_file",
         ),
         (
             &["--tls-cert-file=/nonexistent/tls.crt", "--tls-key-file=/nonexistent/tls.key"],
@@ -639,7 +651,7 @@ fn entra_and_credential_mistakes_name_the_option_and_fix() {
                 a
             },
             &[],
-            "use provider = \"entra-id\"",
+            "option `oidc_issuer_url`: `https://idp.example.com/` has no tenant in its path",
         ),
     ];
     for (args, env_pairs, expected) in cases {
@@ -649,4 +661,120 @@ fn entra_and_credential_mistakes_name_the_option_and_fix() {
             .unwrap_err();
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+}
+
+fn warnings_of(args: &[&str], env_pairs: &[(&str, &str)]) -> Vec<String> {
+    let inv = load(args.iter().map(|s| s.to_string()), env(env_pairs)).unwrap();
+    Config::from_values(&inv.values).unwrap().warnings
+}
+
+#[test]
+fn start_up_warnings_say_what_will_not_happen() {
+    let mut args = base_args();
+    args.push("--upstream=http://127.0.0.1:8080/");
+    assert_eq!(warnings_of(&args, &[]), Vec::<String>::new(), "a plain configuration has none");
+
+    let w = warnings_of(&base_args(), &[("OAUTH2_PROXY_SERVICE_HOST", "10.0.0.1")]);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("ignoring unknown environment variable OAUTH2_PROXY_SERVICE_HOST"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("no upstream is configured: signed-in requests outside /oauth2 answer 404"),
+        "{w:?}"
+    );
+
+    // oauth2-proxy's Helm chart always passes --https-address; without a certificate both
+    // proxies serve plain HTTP only.
+    args.extend(["--https-address=0.0.0.0:4443", "--flush-interval=2s", "--flush-interval=1000ms"]);
+    let cfg = build(&args, &[]).unwrap();
+    assert!(cfg.https.is_none());
+    assert_eq!(
+        cfg.warnings,
+        [
+            "option `https_address` has no effect without tls_cert_file and tls_key_file (oauth2-proxy ignores it too): only http_address is served"
+        ],
+        "1000ms is flush_interval's default, 1s"
+    );
+    args.push("--flush-interval=2s");
+    let w = warnings_of(&args, &[]);
+    assert!(
+        w[1].starts_with("option `flush_interval` has no effect in sidekey-proxy: responses are streamed"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn legacy_azure_provider_runs_as_entra_id() {
+    fn azure<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec![
+            "sidekey-proxy",
+            "--provider=azure",
+            "--client-id=app",
+            "--client-secret=s",
+            "--cookie-secret",
+            SECRET_44,
+            "--email-domain=*",
+            "--upstream=http://127.0.0.1:8080/",
+        ];
+        a.extend_from_slice(extra);
+        a
+    }
+    let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let arg = format!("--azure-tenant={tenant}");
+    let cfg = build(&azure(&[&arg]), &[]).unwrap();
+    assert_eq!(
+        cfg.provider.issuer_url.as_str(),
+        format!("https://login.microsoftonline.com/{tenant}/v2.0")
+    );
+    assert_eq!(cfg.provider.entra.as_ref().unwrap().tenant.as_deref(), Some(tenant));
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(cfg.warnings[0].starts_with("provider = \"azure\" (oauth2-proxy's deprecated Azure provider) runs as provider = \"entra-id\" with oidc_issuer_url = \"https://login.microsoftonline.com/"));
+
+    // The v1 issuer oauth2-proxy's docs give for the azure provider names the same tenant.
+    let arg = format!("--oidc-issuer-url=https://sts.windows.net/{tenant}/");
+    let cfg = build(&azure(&[&arg]), &[]).unwrap();
+    assert_eq!(
+        cfg.provider.issuer_url.as_str(),
+        format!("https://login.microsoftonline.com/{tenant}/v2.0")
+    );
+
+    // Its default tenant is `common`: any Microsoft account, so the tenants must be listed.
+    let err = build(&azure(&[]), &[]).unwrap_err();
+    assert!(
+        err.starts_with(
+            "option `entra_id_allowed_tenants`: is required with the multi-tenant issuer https://login.microsoftonline.com/common/v2.0"
+        ),
+        "{err}"
+    );
+    let cfg = build(&azure(&["--entra-id-allowed-tenant=t1"]), &[]).unwrap();
+    assert_eq!(cfg.provider.entra.unwrap().allowed_tenants, ["t1"]);
+
+    let mut args = base_args();
+    args.extend(["--upstream=http://127.0.0.1:8080/", "--azure-tenant=t1"]);
+    assert_eq!(
+        build(&args, &[]).unwrap().warnings,
+        ["option `azure_tenant` has no effect without provider = \"azure\"; the tenant comes from oidc_issuer_url"]
+    );
+}
+
+#[test]
+fn keycloak_oidc_runs_as_oidc_unless_it_relies_on_roles() {
+    let mut args = base_args();
+    args[1] = "--provider=keycloak-oidc";
+    args.extend(["--upstream=http://127.0.0.1:8080/", "--allowed-group=/admins"]);
+    let cfg = build(&args, &[]).unwrap();
+    assert!(cfg.provider.entra.is_none());
+    assert_eq!(cfg.warnings.len(), 1);
+    assert!(cfg.warnings[0].contains("runs as provider = \"oidc\""), "{:?}", cfg.warnings);
+    args.push("--allowed-group=role:admin");
+    let err = build(&args, &[]).unwrap_err();
+    assert!(err.starts_with("option `allowed_groups`: `role:admin` is a Keycloak role"), "{err}");
+    args.pop();
+    args.push("--allowed-role=admin");
+    assert!(
+        build(&args, &[]).unwrap_err().contains("option `allowed_roles`"),
+        "allowed_roles stays refused"
+    );
 }

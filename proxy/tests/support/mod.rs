@@ -107,6 +107,46 @@ impl Drop for Idp {
     }
 }
 
+/// What this test binary's proxies logged (text lines, level info and up), so a test can
+/// check what an operator finds under a request id.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber once per test binary (later calls are no-ops).
+pub fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(|| LogSink)
+        .try_init();
+}
+
+/// The log lines so far that contain `needle` (e.g. a request id).
+pub fn logged(needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&LOGS.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// The request id a response carries (the proxy sets `X-Request-Id` on every response).
+pub fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_string()
+}
+
 /// A clock the test can move forward.
 #[derive(Clone, Default)]
 pub struct TestClock(Arc<AtomicI64>);
@@ -150,6 +190,7 @@ impl Proxy {
     /// this runtime and the others on threads of their own, as the binary does.
     pub async fn start_workers(listeners: Vec<std::net::TcpListener>, args: &[String], env: &[(&str, &str)]) -> Proxy {
         install_crypto();
+        capture_logs();
         let mut argv = vec!["sidekey-proxy".to_string()];
         argv.extend_from_slice(args);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
