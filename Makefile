@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: demo test setup fmt fmt-check lint unit build install docs docs-test crds manifests validate dist images bench fuzz clean
+.PHONY: demo test setup fmt fmt-check lint unit build install docs docs-test crds manifests validate dist images images-docker e2e bench fuzz clean
 
 ## demo: a real OpenID provider, a demo app and sidekey-proxy on 127.0.0.1 (Ctrl-C stops it).
 ## Needs Rust and Node.js only; the first (cold) build takes several minutes.
@@ -22,6 +22,9 @@ test: setup fmt-check lint
 	tests/k8s/validate.sh
 	scripts/dist.sh
 	tests/dist_test.sh
+	tests/images_test.py
+	$(CARGO) test -p sidekey-controller --test e2e --no-run
+	tests/e2e/with-node.sh $(CARGO) test -p sidekey-controller --test e2e -- --nocapture
 	prefix=$$(mktemp -d) && $(MAKE) --no-print-directory install PREFIX=$$prefix && \
 	  $$prefix/bin/sidekey-proxy --version && $$prefix/bin/sidekey-controller --version && rm -rf $$prefix
 	FUZZ_SECONDS=10 scripts/fuzz.sh
@@ -93,14 +96,26 @@ ARCH := $(patsubst x86_64,amd64,$(patsubst aarch64,arm64,$(shell uname -m)))
 VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 REGISTRY ?= ghcr.io/sidekey-dev
 
-## images: the two container images from dist/ (needs a running Docker or Podman engine)
+## images: the two container images from dist/ as OCI archives in dist/images/ (no container
+## engine needed: scripts/images.py builds what the Dockerfile says; docs/install.md)
 images: dist
-	@docker info >/dev/null 2>&1 || { echo "images: no container engine answers 'docker info'; dist/ holds the binaries the Dockerfile copies" >&2; exit 1; }
+	scripts/images.py --registry $(REGISTRY) --tag v$(VERSION)
+
+## images-docker: the same two images with `docker build` of the Dockerfile (needs a Docker
+## engine and gcr.io/distroless/static), into the engine's image store
+images-docker: dist
+	@docker info >/dev/null 2>&1 || { echo "images-docker: no container engine answers 'docker info'; use make images" >&2; exit 1; }
 	for image in sidekey-proxy sidekey-controller; do \
 	  docker build --target $$image --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
 	    -t $(REGISTRY)/$$image:v$(VERSION) . || exit 1; \
 	done
 	docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '$(REGISTRY)/sidekey-'
+
+## e2e: the whole product on a real single-node Kubernetes (../shared/kube, root): the images,
+## helm install, an app behind an AuthPolicy, browser logins through its ClusterIP, uninstall
+e2e: setup
+	$(CARGO) test -p sidekey-controller --test e2e --no-run
+	tests/e2e/with-node.sh $(CARGO) test -p sidekey-controller --test e2e -- --nocapture
 
 clean:
 	$(CARGO) clean

@@ -20,6 +20,11 @@ const DURATION_RULE: &str = r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|
 /// https anywhere; http only for a loopback host, which is only reachable in tests and demos.
 const URL_RULE: &str =
     r"isURL(self) && (self.startsWith('https://') || self.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?(/.*)?$'))";
+/// A plain-http callback is what the proxy derives for a browser that came over http, so it
+/// may be set explicitly too, on the terms the proxy needs for it to work: browsers keep
+/// Secure cookies only over https and on loopback names, so elsewhere the policy must turn
+/// them off (a lab, a port-forward to a ClusterIP).
+const HTTP_REDIRECT_RULE: &str = r"!has(self.redirectURL) || !self.redirectURL.startsWith('http://') || self.redirectURL.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?(/.*)?$') || (has(self.sidecar) && has(self.sidecar.extraArgs) && self.sidecar.extraArgs.exists(a, a == '--cookie-secure=false'))";
 
 /// Puts single sign-on in front of the workloads behind the target routes or Services.
 // Several `printcolumn(...)` entries share keys such as `type_`, which this lint misreads.
@@ -58,6 +63,7 @@ const URL_RULE: &str =
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(HTTP_REDIRECT_RULE).message("an http:// redirectURL outside localhost needs --cookie-secure=false in sidecar.extraArgs: browsers drop Secure cookies over plain http (or use https)"))]
 pub struct AuthPolicySpec {
     /// The HTTPRoutes (Gateway API) or core Services whose workloads get the proxy.
     #[schemars(length(min = 1, max = 16))]
@@ -66,7 +72,7 @@ pub struct AuthPolicySpec {
     /// The OAuth callback URL registered with the IdP. Default: `https://<first route hostname>/oauth2/callback`.
     #[serde(default, rename = "redirectURL", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new(URL_RULE).message("redirectURL must be an https:// URL (http:// only for localhost)"))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))").message("redirectURL must be an https:// (or http://) URL"))]
     pub redirect_url: Option<String>,
     /// Who may sign in. At least one rule: an empty access block would let no one in.
     pub access: Access,
@@ -104,6 +110,7 @@ pub struct TargetRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.workloadIdentity) != has(self.clientSecretRef)").message("set exactly one of provider.workloadIdentity (no secret; Entra ID workload identity federation) or provider.clientSecretRef"))]
 #[x_kube(validation = Rule::new("!has(self.workloadIdentity) || self.type == 'entra-id'").message("provider.workloadIdentity needs provider.type: entra-id"))]
+#[x_kube(validation = Rule::new("!has(self.graphURL) || self.type == 'entra-id'").message("provider.graphURL needs provider.type: entra-id"))]
 pub struct Provider {
     #[serde(rename = "type")]
     pub type_: ProviderType,
@@ -135,6 +142,18 @@ pub struct Provider {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message("authorityHost must be an https:// URL"))]
     pub authority_host: Option<String>,
+    /// Microsoft Graph for an `entra-id` provider outside Microsoft's public cloud (read only
+    /// for groups overage), e.g. `https://graph.microsoft.us`; by default the one that
+    /// belongs to the issuer's cloud.
+    #[serde(default, rename = "graphURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(URL_RULE).message("graphURL must be an https:// URL"))]
+    pub graph_url: Option<String>,
+    /// CA certificates (PEM) to trust for the provider's TLS besides the public web roots,
+    /// for a provider behind a private CA: a key of a ConfigMap in the workload's namespace
+    /// (every namespace has `kube-root-ca.crt`, key `ca.crt`, the cluster's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<ConfigMapKeyRef>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -161,6 +180,15 @@ pub struct WorkloadIdentity {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SecretKeyRef {
     /// A Secret in the namespace of the protected workload.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConfigMapKeyRef {
+    /// A ConfigMap in the namespace of the protected workload.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     #[schemars(length(min = 1, max = 253))]

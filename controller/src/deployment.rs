@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use crate::render::{CONTAINER_NAME, TOKEN_VOLUME};
+use crate::render::{CONTAINER_NAME, PROVIDER_CA_VOLUME, TOKEN_VOLUME};
 
 /// Annotations under this prefix are sidekey's; others (kubectl's last-applied
 /// configuration can be as large as the object) are not kept.
@@ -85,7 +85,7 @@ pub struct ContainerPort {
     pub protocol: Option<String>,
 }
 
-/// A volume's name; sidekey's own token volume also keeps its whole JSON.
+/// A volume's name; sidekey's own volumes (token, provider CA) also keep their whole JSON.
 #[derive(Clone, Debug, Default)]
 pub struct Volume {
     pub name: String,
@@ -129,7 +129,9 @@ impl<'de> Deserialize<'de> for Volume {
             .and_then(Value::as_str)
             .ok_or_else(|| serde::de::Error::missing_field("name"))?
             .to_string();
-        let ours = (name == TOKEN_VOLUME).then(|| v.to_string().into_boxed_str());
+        let ours = [TOKEN_VOLUME, PROVIDER_CA_VOLUME]
+            .contains(&name.as_str())
+            .then(|| v.to_string().into_boxed_str());
         Ok(Volume { name, ours })
     }
 }

@@ -1,8 +1,9 @@
 //! sidekey-controller: puts sidekey-proxy in front of the workloads an `AuthPolicy` targets.
 //!
-//! The pure core ([`resolve`], [`render`], [`validate`], [`status`]) works over a snapshot of
-//! cached objects and never touches the network, so the same code serves the controller, the
-//! offline `render` command and the tests. [`reconcile`] and [`runtime`] are the thin I/O shell.
+//! The pure core ([`resolve`], [`render`], [`validate`], [`plan`], [`pod_state`]) works over a
+//! snapshot of cached objects and never touches the network, so the same code serves the
+//! controller, the offline `render` command and the tests. [`reconcile`] and [`runtime`] are
+//! the thin I/O shell.
 
 pub mod api;
 pub mod cache;
@@ -12,6 +13,7 @@ pub mod merge;
 pub mod metrics;
 pub mod offline;
 pub mod plan;
+pub mod pod_state;
 pub mod reconcile;
 pub mod render;
 pub mod resolve;

@@ -183,7 +183,10 @@ fn main() -> ExitCode {
                 },
                 leader_election: m.get_one::<bool>("leader-election").copied().unwrap_or(true),
                 lease_namespace: m.get_one::<String>("lease-namespace").cloned().unwrap_or_default(),
-                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("sidekey-controller-{}", std::process::id())),
+                identity: runtime::leader::Holder {
+                    name: std::env::var("POD_NAME").unwrap_or_else(|_| format!("sidekey-controller-{}", std::process::id())),
+                    pod_uid: std::env::var("POD_UID").ok(),
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -340,6 +340,7 @@ pub fn preview(input: &Input, opts: &RenderOptions) -> Vec<Rendered> {
             opts,
             validation: validate(&policy),
             assume_rolled_out: true,
+            sidecar_failures: &Default::default(),
             now: jiff::Timestamp::UNIX_EPOCH,
         });
         let mut objects = Vec::new();

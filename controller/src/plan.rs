@@ -26,6 +26,7 @@ pub mod reason {
     pub const ROLLOUT_PENDING: &str = "RolloutPending";
     pub const TARGETS_NOT_READY: &str = "TargetsNotReady";
     pub const SERVICE_REVERTED: &str = "ServiceReverted";
+    pub const SIDECAR_FAILING: &str = "SidecarFailing";
 }
 
 /// On a Service we switched: how often someone put its targetPort back, and since when
@@ -148,6 +149,9 @@ pub struct Input<'a> {
     pub validation: Vec<String>,
     /// Offline: treat every rollout as finished, to show the end state.
     pub assume_rolled_out: bool,
+    /// Deployments whose rollout is pending because the sidecar fails, with why (from their
+    /// Pods, see [`crate::pod_state`]).
+    pub sidecar_failures: &'a BTreeMap<ObjKey, String>,
     pub now: jiff::Timestamp,
 }
 
@@ -158,6 +162,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         opts,
         validation,
         assume_rolled_out,
+        sidecar_failures,
         now,
     } = input;
     let me = ObjKey::of(policy);
@@ -404,6 +409,8 @@ pub fn plan(input: Input<'_>) -> Plan {
         .find(|t| !matches!(t.state, TargetState::Protected | TargetState::Pending))
     {
         (false, reason::TARGETS_NOT_READY, t.message.clone())
+    } else if let Some((dkey, why)) = sidecar_failures.iter().find(|(d, _)| owned.contains_key(*d)) {
+        (false, reason::SIDECAR_FAILING, format!("Deployment {dkey}: {why}"))
     } else {
         (
             false,

@@ -2,15 +2,15 @@
 //! policy is deleted. Every request is a write (reads come from the cache), which is what the
 //! mock-API tests count.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::deployment::Deployment;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -350,17 +350,57 @@ async fn apply(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
             .wrote(&key, Kind::Policy, &key, version, written.metadata.resource_version.as_deref());
         version = written.metadata.resource_version;
     }
+    let failures = sidecar_failures(&key, ctx).await;
     let plan = plan::plan(plan::Input {
         policy,
         cache: ctx.cache.as_ref(),
         opts: &ctx.opts,
         validation: validate(policy),
         assume_rolled_out: false,
+        sidecar_failures: &failures,
         now: jiff::Timestamp::now(),
     });
     ctx.index.set(key.clone(), plan.touched.clone());
     execute(policy, &plan, ctx, version).await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // A crash-looping sidecar changes nothing the watches see (the Deployment's status stays
+    // as it is): while a rollout is pending, look at its Pods again soon.
+    let status = plan.status.as_ref().or(policy.status.as_ref());
+    let pending = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| [plan::reason::ROLLOUT_PENDING, plan::reason::SIDECAR_FAILING].contains(&c.reason.as_str()));
+    Ok(Action::requeue(if pending { ROLLOUT_POLL } else { Duration::from_secs(300) }))
+}
+
+/// How often a policy whose rollout is pending looks at the Pods again.
+pub const ROLLOUT_POLL: Duration = Duration::from_secs(10);
+
+/// Why the sidecar fails, for each Deployment this policy injected whose rollout has not
+/// finished: read from its Pods, listed then (no Pod watch: only pending rollouts need them).
+/// A failed list only means no verdict this time.
+async fn sidecar_failures(key: &ObjKey, ctx: &Context) -> BTreeMap<ObjKey, String> {
+    let mut out = BTreeMap::new();
+    for dkey in plan::patched_by(ctx.cache.as_ref(), key).deployments {
+        let Some(d) = ctx.cache.deployment(&dkey).filter(|d| !plan::rolled_out(d)) else {
+            continue;
+        };
+        let labels = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref());
+        let Some(labels) = labels.filter(|l| !l.is_empty()) else { continue };
+        let selector = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &dkey.namespace);
+        match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => {
+                if let Some(why) = crate::pod_state::sidecar_failure(&list.items) {
+                    out.insert(dkey, why);
+                }
+            }
+            Err(e) => tracing::debug!(deployment = %dkey, error = %e, "cannot list the Deployment's Pods"),
+        }
+    }
+    out
 }
 
 async fn execute(policy: &AuthPolicy, plan: &Plan, ctx: &Context, policy_version: Option<String>) -> Result<(), Error> {

@@ -15,6 +15,9 @@ pub const CONTAINER_NAME: &str = "sidekey-proxy";
 pub const TOKEN_VOLUME: &str = "sidekey-token";
 /// Our own path: never the Azure webhook's `azure-identity-token` volume or its mount path.
 pub const TOKEN_DIR: &str = "/var/run/secrets/sidekey/serviceaccount";
+/// The provider CA bundle (`provider.caBundle`), mounted read-only into the sidecar.
+pub const PROVIDER_CA_VOLUME: &str = "sidekey-provider-ca";
+pub const PROVIDER_CA_DIR: &str = "/etc/sidekey/provider-ca";
 pub const ANNOTATION_CONFIG_HASH: &str = "sidekey.dev/config-hash";
 pub const COOKIE_SECRET_KEY: &str = "cookie-secret";
 
@@ -92,6 +95,12 @@ pub fn proxy_args(policy: &AuthPolicy, upstream_port: i32, hostnames: &[String])
         format!("--client-id={}", p.client_id),
         "--logging-format=json".into(),
     ];
+    if p.ca_bundle.is_some() {
+        a.push(format!("--provider-ca-file={PROVIDER_CA_DIR}/ca.crt"));
+    }
+    if let Some(url) = &p.graph_url {
+        a.push(format!("--entra-id-graph-url={url}"));
+    }
     if p.workload_identity.is_some() {
         a.push("--entra-id-federated-token-auth=true".into());
     }
@@ -183,7 +192,10 @@ fn authority_host(policy: &AuthPolicy) -> Option<String> {
     let p = &policy.spec.provider;
     p.authority_host.clone().or_else(|| {
         let url = url::Url::parse(&p.issuer_url).ok()?;
-        Some(format!("{}://{}/", url.scheme(), url.host_str()?))
+        // The authority is scheme, host and port: an authority on a non-default port (a
+        // sovereign or test authority) is otherwise sent to 443.
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        Some(format!("{}://{}{port}/", url.scheme(), url.host_str()?))
     })
 }
 
@@ -239,6 +251,10 @@ fn sidecar_container(policy: &AuthPolicy, w: &Workload, hostnames: &[String], op
         "readinessProbe": probe("/ready", 5, 3),
         "livenessProbe": probe("/ping", 10, 3),
         "resources": resources,
+        // The proxy writes its fatal error to the termination log; a crash it could not
+        // report (a panic) still leaves its last log lines there for `kubectl describe`
+        // and the policy's SidecarFailing status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "runAsNonRoot": true,
             "runAsUser": 65532,
@@ -249,8 +265,15 @@ fn sidecar_container(policy: &AuthPolicy, w: &Workload, hostnames: &[String], op
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
+    let mut mounts = Vec::new();
     if spec.provider.workload_identity.is_some() {
-        c["volumeMounts"] = json!([{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}]);
+        mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));
+    }
+    if spec.provider.ca_bundle.is_some() {
+        mounts.push(json!({"name": PROVIDER_CA_VOLUME, "mountPath": PROVIDER_CA_DIR, "readOnly": true}));
+    }
+    if !mounts.is_empty() {
+        c["volumeMounts"] = Value::Array(mounts);
     }
     if opts.mode == SidecarMode::Native {
         c["restartPolicy"] = json!("Always");
@@ -268,18 +291,27 @@ pub fn deployment_patch(policy: &AuthPolicy, w: &Workload, hostnames: &[String],
         SidecarMode::Regular => "containers",
     };
     pod_spec.insert(list.into(), json!([container]));
+    let mut volumes = Vec::new();
     if let Some(wi) = &policy.spec.provider.workload_identity {
-        pod_spec.insert(
-            "volumes".into(),
-            json!([{
-                "name": TOKEN_VOLUME,
-                "projected": {"sources": [{"serviceAccountToken": {
-                    "audience": wi.audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
-                    "expirationSeconds": wi.expiration_seconds.unwrap_or(DEFAULT_TOKEN_EXPIRATION),
-                    "path": "token",
-                }}]},
-            }]),
-        );
+        volumes.push(json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": wi.audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
+                "expirationSeconds": wi.expiration_seconds.unwrap_or(DEFAULT_TOKEN_EXPIRATION),
+                "path": "token",
+            }}]},
+        }));
+    }
+    if let Some(ca) = &policy.spec.provider.ca_bundle {
+        // Not optional: without the CA the proxy cannot reach the provider, and a pod stuck
+        // in ContainerCreating names the missing ConfigMap, which a crash loop would not.
+        volumes.push(json!({
+            "name": PROVIDER_CA_VOLUME,
+            "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]},
+        }));
+    }
+    if !volumes.is_empty() {
+        pod_spec.insert("volumes".into(), Value::Array(volumes));
     }
     let pod_spec = Value::Object(pod_spec);
     let hash = config_hash(&pod_spec, policy, &dkey.namespace, cache);

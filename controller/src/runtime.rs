@@ -193,6 +193,45 @@ pub const RECONCILE_CONCURRENCY: u16 = 16;
 /// How often a controller started without Gateway API checks whether it was installed.
 pub const CRD_POLL: Duration = Duration::from_secs(30);
 
+/// How often a leader without the AuthPolicy CRD looks for it again.
+pub const POLICY_CRD_POLL: Duration = Duration::from_secs(5);
+
+/// Returns once the AuthPolicy CRD is served, or `false` on a stop signal first. Without it
+/// every AuthPolicy watch fails with 404 for ever and the caches never sync: say so once, in
+/// the log and in `/readyz`, and carry on when it appears, without a restart (a reinstall
+/// after a failed one installs the CRD after the controller is up).
+async fn wait_for_policy_crd(client: &Client, ready: &AtomicU8, stopping: &Stopping) -> bool {
+    let api: Api<AuthPolicy> = Api::all(client.clone());
+    let mut missing = false;
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => {
+                if missing {
+                    tracing::info!("the AuthPolicy CRD is installed now: starting");
+                    ready.store(Phase::Starting as u8, Ordering::Relaxed);
+                }
+                return true;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                if !missing {
+                    tracing::error!(
+                        "the AuthPolicy CRD (authpolicies.sidekey.dev) is not installed: apply crds/sidekey.dev_authpolicies.yaml, or install the chart with crds.install=true; waiting for it (checked every {}s)",
+                        POLICY_CRD_POLL.as_secs()
+                    );
+                    ready.store(Phase::NoPolicyCrd as u8, Ordering::Relaxed);
+                    missing = true;
+                }
+            }
+            // The API server briefly away: the same wait, quietly.
+            Err(e) => tracing::debug!(error = %e, "cannot list AuthPolicies yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLICY_CRD_POLL) => {}
+            () = stopping.wait() => return false,
+        }
+    }
+}
+
 /// Resolves once listing `api` works: its CRD is installed (and served). Other errors (the
 /// API server briefly away) are retried like a 404.
 pub async fn wait_until_installed<K>(api: &Api<K>, every: Duration)
@@ -235,7 +274,7 @@ pub struct Settings {
     pub metrics_address: SocketAddr,
     pub leader_election: bool,
     pub lease_namespace: String,
-    pub identity: String,
+    pub identity: leader::Holder,
 }
 
 /// `auto` picks native sidecars on Kubernetes ≥ 1.29.
@@ -295,6 +334,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             gate.clone(),
         ))
     });
+
+    if !wait_for_policy_crd(&client, &ready, &stopping).await {
+        tracing::info!("stopped while waiting for the AuthPolicy CRD");
+        if let Some(renewing) = renewing {
+            renewing.abort();
+            gate.close();
+            leader::release(&client, &settings.lease_namespace, &settings.identity).await;
+        }
+        return Ok(());
+    }
 
     let routes_api: Api<HTTPRoute> = Api::all(client.clone());
     let routes_installed = match routes_api.list(&ListParams::default().limit(1)).await {
@@ -667,6 +716,8 @@ pub enum Phase {
     Standby = 1,
     /// Caches synced; reconciling.
     Reconciling = 2,
+    /// The leader, waiting for the AuthPolicy CRD to be installed.
+    NoPolicyCrd = 3,
 }
 
 /// A standby replica is ready: it is healthy and doing its job (waiting). Reporting it
@@ -676,6 +727,10 @@ pub fn readyz(phase: u8) -> (u16, &'static str) {
     match phase {
         p if p == Phase::Reconciling as u8 => (200, "ok\n"),
         p if p == Phase::Standby as u8 => (200, "standby: another replica holds the Lease\n"),
+        p if p == Phase::NoPolicyCrd as u8 => (
+            503,
+            "AuthPolicy CRD not installed: kubectl apply --server-side -f crds/sidekey.dev_authpolicies.yaml\n",
+        ),
         _ => (503, "caches not synced\n"),
     }
 }
@@ -730,6 +785,23 @@ pub mod leader {
     use super::*;
 
     pub const LEASE_NAME: &str = "sidekey-controller";
+
+    /// Who holds the Lease: the Pod's name, and in a cluster its uid, which makes the Pod the
+    /// Lease's owner. `helm uninstall` deletes the RBAC in the same pass as the Deployment,
+    /// so the leader's own release on SIGTERM is refused (403) on a real node; as a dependent
+    /// of the holder Pod, the Lease goes with it instead of naming a gone holder for ever.
+    #[derive(Clone, Debug)]
+    pub struct Holder {
+        pub name: String,
+        pub pod_uid: Option<String>,
+    }
+
+    impl Holder {
+        fn owner(&self) -> Option<serde_json::Value> {
+            let uid = self.pod_uid.as_deref().filter(|u| !u.is_empty())?;
+            Some(serde_json::json!([{"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": uid}]))
+        }
+    }
     pub const DURATION: i32 = 15;
     /// Writes stop this long before the Lease could expire in another replica's eyes: room
     /// for the renewal's own latency and for clock skew between the replicas.
@@ -754,12 +826,14 @@ pub mod leader {
     }
 
     /// One attempt: true when `me` holds the lease afterwards.
-    pub async fn try_acquire(api: &Api<Lease>, me: &str) -> Result<bool, kube::Error> {
+    pub async fn try_acquire(api: &Api<Lease>, holder: &Holder) -> Result<bool, kube::Error> {
+        let me = holder.name.as_str();
+        let owners = holder.owner();
         let lease = match api.get_opt(LEASE_NAME).await? {
             Some(l) => l,
             None => {
                 let l: Lease = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": LEASE_NAME},
+                    "metadata": {"name": LEASE_NAME, "ownerReferences": owners},
                     "spec": {"holderIdentity": me, "leaseDurationSeconds": DURATION, "acquireTime": now(), "renewTime": now(), "leaseTransitions": 0},
                 }))
                 .expect("lease shape");
@@ -776,6 +850,9 @@ pub mod leader {
             return Ok(false);
         }
         let mut next = lease.clone();
+        if let Some(o) = owners {
+            next.metadata.owner_references = Some(serde_json::from_value(o).expect("owner reference shape"));
+        }
         let s = next.spec.get_or_insert_with(Default::default);
         if holder != me {
             s.acquire_time = Some(now());
@@ -791,15 +868,15 @@ pub mod leader {
         }
     }
 
-    pub async fn acquire(client: &Client, ns: &str, me: &str, gate: &WriteGate) -> anyhow::Result<()> {
+    pub async fn acquire(client: &Client, ns: &str, me: &Holder, gate: &WriteGate) -> anyhow::Result<()> {
         let api: Api<Lease> = Api::namespaced(client.clone(), ns);
-        tracing::info!(lease = LEASE_NAME, namespace = ns, identity = me, "waiting for leadership");
+        tracing::info!(lease = LEASE_NAME, namespace = ns, identity = me.name, "waiting for leadership");
         loop {
             let sent = std::time::Instant::now();
             match try_acquire(&api, me).await {
                 Ok(true) => {
                     gate.renewed(sent, validity());
-                    tracing::info!(identity = me, "became leader");
+                    tracing::info!(identity = me.name, "became leader");
                     return Ok(());
                 }
                 Ok(false) => {}
@@ -809,7 +886,7 @@ pub mod leader {
         }
     }
 
-    pub async fn renew(client: Client, ns: String, me: String, gate: WriteGate) {
+    pub async fn renew(client: Client, ns: String, me: Holder, gate: WriteGate) {
         let api: Api<Lease> = Api::namespaced(client, &ns);
         let mut failing = false;
         loop {
@@ -839,15 +916,26 @@ pub mod leader {
     }
 
     /// Hands over at once on a clean shutdown instead of making the other replica wait out the lease.
-    pub async fn release(client: &Client, ns: &str, me: &str) {
+    /// Refused when the RBAC went first (`helm uninstall`): then the Lease goes with this
+    /// Pod, its owner, or the next leader waits out its 15 s.
+    pub async fn release(client: &Client, ns: &str, me: &Holder) {
         let api: Api<Lease> = Api::namespaced(client.clone(), ns);
-        if let Ok(Some(mut l)) = api.get_opt(LEASE_NAME).await
-            && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me)
-        {
-            let s = l.spec.get_or_insert_with(Default::default);
-            s.holder_identity = None;
-            s.lease_duration_seconds = Some(1);
-            let _ = api.replace(LEASE_NAME, &PostParams::default(), &l).await;
+        let result = match api.get_opt(LEASE_NAME).await {
+            Ok(Some(mut l)) if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me.name.as_str()) => {
+                let s = l.spec.get_or_insert_with(Default::default);
+                s.holder_identity = None;
+                s.lease_duration_seconds = Some(1);
+                api.replace(LEASE_NAME, &PostParams::default(), &l).await.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => tracing::info!("released the lease"),
+            Err(e) if me.owner().is_some() => {
+                tracing::info!(error = %e, "could not release the lease; it is deleted with this Pod, its owner")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not release the lease; the next leader waits for it to expire"),
         }
     }
 }

@@ -209,6 +209,16 @@ fn find<'a>(sent: &'a [Sent], method: Method, path: &str) -> &'a Sent {
         .unwrap_or_else(|| panic!("no {method} {path} in {:?}", lines(sent)))
 }
 
+fn condition_message(p: &Sent, type_: &str) -> String {
+    let c = p.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap();
+    c["message"].as_str().unwrap().to_string()
+}
+
 fn condition(p: &Sent, type_: &str) -> (String, String) {
     let c = p.body["status"]["conditions"]
         .as_array()
@@ -618,15 +628,7 @@ async fn a_targetport_fight_is_detected_reported_and_not_looped() {
     res.unwrap();
     assert_eq!(lines(&sent), [format!("PATCH {POLICY_STATUS}"), format!("POST {EVENTS}")]);
     assert_eq!(condition(&sent[0], "Ready"), ("False".into(), "ServiceReverted".into()));
-    let ready = sent[0].body["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ready = condition_message(&sent[0], "Ready");
     for needle in [
         "apps/hello",
         "4 times",
@@ -797,6 +799,8 @@ fn rbac_of(s: &Sent) -> (String, String, String) {
         Method::POST => "create",
         Method::PUT => "update",
         Method::DELETE => "delete",
+        // A collection (`namespaces/<ns>/<resource>`) is listed; one object is read.
+        Method::GET if rest.len() == 3 => "list",
         Method::GET => "get",
         _ => "other",
     };
@@ -831,6 +835,58 @@ fn granted() -> std::collections::BTreeSet<(String, String, String)> {
     out
 }
 
+/// The pods of a pending rollout whose sidecar crash-loops: `world` with the sidecar applied
+/// and its pods failing, as the API server lists them.
+fn crash_looping(message: &str) -> Responder {
+    let message = message.to_string();
+    Box::new(move |s: &Sent| {
+        if s.method == Method::GET && s.path == "/api/v1/namespaces/apps/pods" {
+            assert_eq!(s.query, "&labelSelector=app%3Dhello", "the Deployment's pods only");
+            let pod = json!({"metadata": {"name": "hello-5d8f-x2", "namespace": "apps"}, "status": {"initContainerStatuses": [
+                {"name": "sidekey-proxy", "ready": false, "restartCount": 4, "image": "p", "imageID": "",
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 2, "message": message}}}]}});
+            return (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]}),
+            );
+        }
+        reply(s)
+    })
+}
+
+/// A sidecar that cannot start changes nothing a watch sees: the policy looks at the pods of
+/// a pending rollout, says why in its status (the proxy's own error line), and looks again
+/// soon rather than in five minutes.
+#[tokio::test]
+async fn a_crash_looping_sidecar_is_reported_with_the_proxys_own_error() {
+    let mut w = world();
+    let (_, sent, _) = run(&w, &policy(false), echo()).await;
+    let p = with_status(policy(true), find(&sent, Method::PATCH, POLICY_STATUS));
+    let mut d = applied_deployment(&deployment("hello", "hello"), find(&sent, Method::PATCH, &deployment_path("hello")));
+    d.status.as_mut().unwrap().updated_replicas = Some(0);
+    w.add_deployment(d).add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+    let error = "sidekey-proxy: invalid configuration: option `--skip-auth-route`: regex parse error";
+    let (res, sent, _) = run(&w, &p, crash_looping(error)).await;
+    assert_eq!(res.unwrap(), Action::requeue(reconcile::ROLLOUT_POLL));
+    let status = find(&sent, Method::PATCH, POLICY_STATUS);
+    assert_eq!(condition(status, "Ready"), ("False".into(), "SidecarFailing".into()));
+    let message = condition_message(status, "Ready");
+    assert_eq!(
+        message,
+        format!("Deployment apps/hello: pod apps/hello-5d8f-x2: sidekey-proxy CrashLoopBackOff (restarted 4 times): {error}")
+    );
+    assert!(
+        sent.iter().all(|s| !s.path.contains("/services/")),
+        "never switched to a failing sidecar"
+    );
+    // Fixed (the pods list healthy now): back to waiting for the rollout.
+    let p = with_status(p, status);
+    let (res, sent, _) = run(&w, &p, echo()).await;
+    assert_eq!(res.unwrap(), Action::requeue(reconcile::ROLLOUT_POLL));
+    assert_eq!(condition(find(&sent, Method::PATCH, POLICY_STATUS), "Ready").1, "RolloutPending");
+}
+
 #[tokio::test]
 async fn the_install_grants_exactly_the_verbs_the_controller_uses() {
     let mut used = std::collections::BTreeSet::new();
@@ -840,6 +896,15 @@ async fn the_install_grants_exactly_the_verbs_the_controller_uses() {
     used.extend(sent.iter().map(rbac_of));
     let p = with_status(policy(true), find(&sent, Method::PATCH, POLICY_STATUS));
     let d = applied_deployment(&deployment("hello", "hello"), find(&sent, Method::PATCH, &deployment_path("hello")));
+    // A pending rollout: the pods are listed to see whether the sidecar fails.
+    let mut pending = w.clone();
+    let mut stuck = d.clone();
+    stuck.status.as_mut().unwrap().updated_replicas = Some(0);
+    pending
+        .add_deployment(stuck)
+        .add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
+    let (_, sent, _) = run(&pending, &p, crash_looping("x")).await;
+    used.extend(sent.iter().map(rbac_of));
     w.add_deployment(d).add_secret(ObjKey::new("apps", "hello-sidekey-cookie"), "d1");
     let (_, sent, _) = run(&w, &p, echo()).await;
     used.extend(sent.iter().map(rbac_of));

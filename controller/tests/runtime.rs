@@ -44,6 +44,9 @@ fn a_standby_replica_is_ready_so_rolling_updates_finish() {
     assert_eq!(readyz(Phase::Starting as u8).0, 503, "the leader's caches are still filling");
     assert_eq!(readyz(Phase::Standby as u8).0, 200, "waiting for the Lease is a healthy state");
     assert_eq!(readyz(Phase::Reconciling as u8), (200, "ok\n"));
+    let (code, body) = readyz(Phase::NoPolicyCrd as u8);
+    assert_eq!(code, 503, "a leader without its CRD cannot do its job");
+    assert!(body.starts_with("AuthPolicy CRD not installed"), "{body}");
 }
 
 fn svc(name: &str, app: &str) -> Arc<Service> {
@@ -198,6 +201,11 @@ fn without_the_httproute_crd_route_targets_say_so_and_service_targets_work() {
 
 /// A mock API server answering from a script of (expected method + path, reply).
 async fn lease_scenario(script: Vec<(String, StatusCode, Value)>) -> (bool, Vec<Value>) {
+    lease_scenario_as(script, None).await
+}
+
+/// As `pod-a`; with `pod_uid`, as a controller Pod that owns the Lease it holds.
+async fn lease_scenario_as(script: Vec<(String, StatusCode, Value)>, pod_uid: Option<&str>) -> (bool, Vec<Value>) {
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut bodies = Vec::new();
@@ -219,7 +227,11 @@ async fn lease_scenario(script: Vec<(String, StatusCode, Value)>) -> (bool, Vec<
         bodies
     });
     let api: Api<Lease> = Api::namespaced(kube::Client::new(mock, "default"), "sidekey-system");
-    let won = leader::try_acquire(&api, "pod-a").await.unwrap();
+    let me = leader::Holder {
+        name: "pod-a".into(),
+        pod_uid: pod_uid.map(String::from),
+    };
+    let won = leader::try_acquire(&api, &me).await.unwrap();
     drop(api);
     (won, server.await.unwrap())
 }
@@ -246,6 +258,35 @@ async fn leader_election_creates_a_missing_lease() {
     .await;
     assert!(won);
     assert_eq!(bodies[1]["spec"]["holderIdentity"], "pod-a");
+}
+
+/// In a cluster the holder Pod owns the Lease, so it is garbage-collected with the Pod when
+/// `helm uninstall` has already removed the RBAC a release needs; a new holder takes it over.
+#[tokio::test]
+async fn the_holder_pod_owns_the_lease() {
+    let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": "pod-a", "uid": "uid-a"}]);
+    let (won, bodies) = lease_scenario_as(
+        vec![
+            (format!("GET {LEASE}/sidekey-controller"), StatusCode::NOT_FOUND, not_found()),
+            (format!("POST {LEASE}"), StatusCode::CREATED, lease("pod-a", 0)),
+        ],
+        Some("uid-a"),
+    )
+    .await;
+    assert!(won);
+    assert_eq!(bodies[1]["metadata"]["ownerReferences"], owner);
+    let mut held_by_b = lease("pod-b", 60);
+    held_by_b["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Pod", "name": "pod-b", "uid": "uid-b"}]);
+    let (won, bodies) = lease_scenario_as(
+        vec![
+            (format!("GET {LEASE}/sidekey-controller"), StatusCode::OK, held_by_b),
+            (format!("PUT {LEASE}/sidekey-controller"), StatusCode::OK, lease("pod-a", 0)),
+        ],
+        Some("uid-a"),
+    )
+    .await;
+    assert!(won, "pod-b's lease expired");
+    assert_eq!(bodies[1]["metadata"]["ownerReferences"], owner, "the new holder owns it");
 }
 
 #[tokio::test]

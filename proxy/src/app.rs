@@ -45,6 +45,12 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove
 enum Failure {
     #[error("login state is missing, expired or does not match; start the login again")]
     LoginState,
+    /// The login state cookie is `Secure` and the browser came over plain http to a host it
+    /// does not treat as secure, so it never stored the cookie: say why, not "missing".
+    #[error(
+        "the login state cookie is missing: this sign-in went over plain http and the cookie is Secure (cookie_secure=true), so the browser dropped it; serve the app over https, or set cookie_secure=false for plain-http testing"
+    )]
+    SecureCookieOverHttp,
     #[error("{0}")]
     Provider(#[from] OidcError),
     #[error("the identity provider reported an error: {0}")]
@@ -71,7 +77,9 @@ enum Failure {
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
-            Failure::LoginState | Failure::Denied { .. } | Failure::ProviderRedirect(_) => StatusCode::FORBIDDEN,
+            Failure::LoginState | Failure::SecureCookieOverHttp | Failure::Denied { .. } | Failure::ProviderRedirect(_) => {
+                StatusCode::FORBIDDEN
+            }
             Failure::UnknownEndpoint => StatusCode::NOT_FOUND,
             Failure::BadRequest(_) | Failure::BadPath(_) => StatusCode::BAD_REQUEST,
             Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +109,11 @@ impl Failure {
     fn public_message(&self) -> String {
         match self {
             Failure::LoginState => "The sign-in took too long or was started in another tab. Please sign in again.".into(),
+            // The one failure only the operator can fix and a tester always meets first
+            // (a port-forward, a lab without TLS): the page says what to change.
+            Failure::SecureCookieOverHttp => "This application was opened over plain http, but its sign-in cookie is only sent over https, \
+                 so the browser dropped it. Open it over https, or (for testing over plain http only) set cookie_secure=false."
+                .into(),
             // The provider's own words are meant for the person signing in (Entra's AADSTS
             // texts are), and only a browser holding this login's state gets here.
             Failure::ProviderRedirect(e) => format!("The identity provider did not complete the sign-in: {e}"),
@@ -199,6 +212,8 @@ pub struct App {
     credential_ok: std::sync::atomic::AtomicBool,
     /// Whether the session store answered the last readiness probe, to log changes once.
     store_ok: std::sync::atomic::AtomicBool,
+    /// Whether the plain-http-with-Secure-cookies warning was logged (once per process).
+    warned_plain_http: std::sync::atomic::AtomicBool,
 }
 
 /// The request's session after any refresh, and the cookies that refresh (or its failure) sets.
@@ -267,6 +282,7 @@ impl App {
             bearer: None,
             credential_ok: std::sync::atomic::AtomicBool::new(true),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            warned_plain_http: std::sync::atomic::AtomicBool::new(false),
             cfg,
         })
     }
@@ -587,6 +603,12 @@ impl App {
         }
         .unwrap_or_else(|| "/".into());
         let discovered = self.oidc.ensure().await?;
+        if self.secure_cookie_dropped(cx) && !self.warned_plain_http.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                host = cx.origin.host.as_deref().unwrap_or(""),
+                "a sign-in started over plain http while cookie_secure=true: browsers drop Secure cookies there, so it will fail; serve https, or set cookie_secure=false for plain-http testing"
+            );
+        }
         let state = random_token();
         let nonce = random_token();
         let (challenge, verifier) = if self.oidc.config().pkce {
@@ -628,10 +650,14 @@ impl App {
         let csrf_name = self.csrf_cookie_name(&state);
         let cookies = RequestCookies::parse(req.headers());
         let writer = self.cookie_writer(cx);
-        let login: LoginState = cookies
-            .get(&csrf_name)
-            .and_then(|v| self.csrf.open(&csrf_name, v).ok())
-            .ok_or(Failure::LoginState)?;
+        let Some(sealed) = cookies.get(&csrf_name) else {
+            return Err(if self.secure_cookie_dropped(cx) {
+                Failure::SecureCookieOverHttp
+            } else {
+                Failure::LoginState
+            });
+        };
+        let login: LoginState = self.csrf.open(&csrf_name, sealed).map_err(|_| Failure::LoginState)?;
         // The CSRF cookie is single-use whatever happens next.
         let clear_csrf = writer.clear(&csrf_name);
         let result = self.finish_login(query, &state, &login, &cookies, &writer).await;
@@ -1053,6 +1079,23 @@ impl App {
         query_param(req.uri().query(), "rd")
             .or_else(|| cx.origin.auth_redirect.clone())
             .and_then(|rd| self.redirects.validate(&rd))
+    }
+
+    /// Whether a browser dropped our `Secure` cookies: the request came over plain http to a
+    /// host browsers do not treat as a secure context (loopback names they do).
+    fn secure_cookie_dropped(&self, cx: &Ctx) -> bool {
+        let host = cx.origin.host.as_deref().unwrap_or("");
+        let hostname = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let loopback = hostname == "localhost"
+            || hostname.ends_with(".localhost")
+            || hostname
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.cfg.cookie.secure && cx.origin.scheme == "http" && !loopback
     }
 
     fn request_id(&self, headers: &HeaderMap) -> HeaderValue {

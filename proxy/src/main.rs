@@ -29,11 +29,13 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     if invocation.strict && !cfg.warnings.is_empty() {
-        eprintln!(
-            "sidekey-proxy: --strict: {} start-up warning(s) above; fix them, or drop --strict",
-            cfg.warnings.len()
+        return fatal(
+            2,
+            format!(
+                "--strict: {} start-up warning(s) above; fix them, or drop --strict",
+                cfg.warnings.len()
+            ),
         );
-        return ExitCode::from(2);
     }
     if invocation.config_test {
         println!(
@@ -59,8 +61,7 @@ fn main() -> ExitCode {
     let listeners = match server::bind(cfg.http_address, workers) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sidekey-proxy: option `http_address`: cannot listen on {}: {e}", cfg.http_address);
-            return ExitCode::FAILURE;
+            return fatal(1, format!("option `http_address`: cannot listen on {}: {e}", cfg.http_address));
         }
     };
     // This thread is worker 0 and also runs the background tasks; see `server`.
@@ -72,10 +73,7 @@ fn main() -> ExitCode {
         tracing::info!(address = %cfg.http_address, workers, version = env!("CARGO_PKG_VERSION"), "sidekey-proxy listening");
         match sidekey_proxy::run(cfg, listeners, oidc::system_clock(), shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sidekey-proxy: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fatal(1, format!("{e:#}")),
         }
     })
 }
@@ -97,8 +95,24 @@ fn raise_open_file_limit() -> Option<(u64, u64)> {
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("sidekey-proxy: invalid configuration: {e}");
-    ExitCode::from(2)
+    fatal(2, format!("invalid configuration: {e}"))
+}
+
+/// Where Kubernetes reads a container's last words (`terminationMessagePath`). The file
+/// exists only where the kubelet mounted it, and is never created here.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Ends the process with `message` on stderr and, in a pod, in the termination log: then
+/// `kubectl describe pod` and the controller's policy status show the proxy's own error
+/// line instead of a bare CrashLoopBackOff.
+fn fatal(code: u8, message: String) -> ExitCode {
+    let line = format!("sidekey-proxy: {message}");
+    eprintln!("{line}");
+    let path = std::env::var_os("SIDEKEY_TERMINATION_LOG").unwrap_or_else(|| TERMINATION_LOG.into());
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).truncate(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+    }
+    ExitCode::from(code)
 }
 
 async fn shutdown_signal() {

@@ -22,7 +22,13 @@ fn base(issuer: &str, upstream: &str, port: u16) -> Vec<String> {
 
 #[test]
 fn bad_configuration_exits_non_zero_naming_the_option() {
+    // In a pod the same line goes to the termination log, for `kubectl describe pod` and the
+    // policy status; the file is only written where it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let termination_log = dir.path().join("termination-log");
+    std::fs::write(&termination_log, "").unwrap();
     let out = Command::new(BIN)
+        .env("SIDEKEY_TERMINATION_LOG", &termination_log)
         .args([
             "--provider=oidc",
             "--oidc-issuer-url=https://idp.example.com",
@@ -39,8 +45,16 @@ fn bad_configuration_exits_non_zero_naming_the_option() {
         err.contains("option `cookie_secret`") && err.contains("openssl rand -base64 32"),
         "{err}"
     );
+    assert_eq!(std::fs::read_to_string(&termination_log).unwrap(), err.trim_end());
+    let absent = dir.path().join("not-in-a-pod");
+    let out = Command::new(BIN)
+        .env("SIDEKEY_TERMINATION_LOG", &absent)
+        .arg("--cookie-secret=short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!absent.exists(), "the termination log is never created");
 
-    let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("proxy.cfg");
     std::fs::write(&cfg, "provider = \"oidc\"\nupstream = \"http://127.0.0.1:1\"\n").unwrap();
     let out = Command::new(BIN).arg(format!("--config={}", cfg.display())).output().unwrap();

@@ -567,3 +567,39 @@ async fn skip_oidc_discovery_uses_the_configured_endpoints() {
     assert_eq!(header(&view, "x-forwarded-user"), Some("alice"), "user_id_claim");
     assert_eq!(header(&view, "x-forwarded-email"), Some("alice@example.com"));
 }
+
+/// Secure cookies over plain http to a non-loopback host (a port-forward to a ClusterIP, a
+/// lab without TLS): the browser drops the login cookie, and the callback says why and what
+/// to change instead of "login state is missing".
+#[tokio::test]
+async fn a_secure_cookie_over_plain_http_is_explained() {
+    let secure = setup(&["--cookie-secure=true"]).await;
+    let callback = |p: &str, host: &str| {
+        browser()
+            .get(format!("{p}/oauth2/callback?state=s&code=c"))
+            .header("host", host)
+            .send()
+    };
+    let resp = callback(&secure.proxy.url, "app.lab.example:8080").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let id = request_id(&resp);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("plain http") && page.contains("cookie_secure=false"), "{page}");
+    assert!(logged(&id).iter().any(|l| l.contains("cookie_secure=true")), "{:?}", logged(&id));
+    // Browsers keep Secure cookies on loopback names: there it is the ordinary failure.
+    for host in ["localhost:4180", "127.0.0.1:4180", "[::1]:4180"] {
+        let page = callback(&secure.proxy.url, host).await.unwrap().text().await.unwrap();
+        assert!(page.contains("took too long") && !page.contains("cookie_secure"), "{host}: {page}");
+    }
+    let plain = setup(&[]).await;
+    let page = callback(&plain.proxy.url, "app.lab.example:8080")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("cookie_secure"),
+        "cookie_secure=false: the cookie was not dropped: {page}"
+    );
+}

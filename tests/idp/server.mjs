@@ -1,14 +1,16 @@
 // A real OpenID provider (the npm package oidc-provider) for sidekey's tests and demo.
 //
 // Usage: node tests/idp/server.mjs '<json config>'
-// Config (all optional): { port, host, clients: [{client_id, client_secret, redirect_uris, ...}],
+// Config (all optional): { port, host, tls: {cert, key}, clients: [{client_id, client_secret, redirect_uris, ...}],
 //   users: {id: {password, email, email_verified, groups, preferred_username, name}},
 //   ttl: {IdToken, AccessToken, AuthorizationCode, RefreshToken} (seconds),
 //   rotateRefreshToken: true to issue a new refresh token at every refresh,
 //   entra: see ./entra.mjs — Entra ID-shaped tenants, federated credentials and Graph }
 // Prints one JSON line {"issuer": "...", "port": N, "base": "..."} on stdout once it is listening.
 // Login and consent are plain HTML forms, so both an HTTP client and a browser can drive them.
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
 import { EntraFrontDoor } from './entra.mjs';
@@ -39,10 +41,15 @@ function readForm(req) {
   });
 }
 
-const server = http.createServer();
+// With `tls: {cert, key}` (PEM file paths) it serves https: a relying party that refuses
+// plain http to anything but loopback (sidekey-proxy does) can then reach it on a bridge
+// address, trusting the test CA that signed `cert`.
+const server = config.tls
+  ? https.createServer({ cert: fs.readFileSync(config.tls.cert), key: fs.readFileSync(config.tls.key) })
+  : http.createServer();
 await new Promise((resolve) => server.listen(config.port || 0, host, resolve));
 const port = server.address().port;
-const base = `http://${host}:${port}`;
+const base = `${config.tls ? 'https' : 'http'}://${host}:${port}`;
 
 // The claims a user's tokens carry. `tenant` is set for Entra-shaped tenants, whose tokens
 // also carry tid/oid/upn, and — for a user with `overage` — Entra's groups-overage markers

@@ -7,5 +7,14 @@
 
 mod support;
 
+/// `support::rig()` reads these (the e2e tests, sharing support.rs, read their own).
+pub const RIG_ENV: support::RigEnv = support::RigEnv {
+    kubeconfig: "SIDEKEY_KUBECONFIG",
+    state: "SIDEKEY_KUBE_STATE",
+    what: "real-Kubernetes tests",
+    how: "tests/k8s/with-cluster.sh cargo test -p sidekey-controller --test kube_real",
+    required_in_ci: true,
+};
+
 mod controller;
 mod schema;

@@ -5,6 +5,10 @@
 //! `tests/k8s/with-cluster.sh` starts the control plane once for the whole run and passes
 //! its admin kubeconfig in `SIDEKEY_KUBECONFIG`. Without it the tests skip with one loud
 //! line, except in CI, where a missing rig is a failure.
+//!
+//! Shared with the end-to-end tests on a real node (`controller/tests/e2e`, run through
+//! `tests/e2e/with-node.sh`): each test target names its variables in `crate::RIG_ENV`.
+#![allow(dead_code)] // each of the two test targets uses its own part of it
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -26,22 +30,38 @@ pub struct Rig {
     pub state: PathBuf,
 }
 
-/// The rig, or `None` (after one loud line) when the tests were not started through
-/// `tests/k8s/with-cluster.sh`.
+/// Where a test target finds its rig: the variables its wrapper script sets.
+pub struct RigEnv {
+    /// The admin kubeconfig.
+    pub kubeconfig: &'static str,
+    /// The rig's state directory (`$KUBE_STATE`).
+    pub state: &'static str,
+    /// What the tests are, for the skip line.
+    pub what: &'static str,
+    /// How to run them, for the skip line and CI's failure.
+    pub how: &'static str,
+    /// Fail instead of skipping when CI=true. The e2e tests leave that to their wrapper
+    /// (tests/e2e/with-node.sh), since `cargo test --workspace` runs them without it.
+    pub required_in_ci: bool,
+}
+
+/// The rig, or `None` (after one loud line) when the tests were not started through their
+/// wrapper (`crate::RIG_ENV.how`).
 pub fn rig() -> Option<&'static Rig> {
     static RIG: OnceLock<Option<Rig>> = OnceLock::new();
-    RIG.get_or_init(|| match std::env::var_os("SIDEKEY_KUBECONFIG") {
+    let env = &crate::RIG_ENV;
+    RIG.get_or_init(|| match std::env::var_os(env.kubeconfig) {
         Some(k) => Some(Rig {
             kubeconfig: k.into(),
-            state: std::env::var_os("SIDEKEY_KUBE_STATE").map(PathBuf::from).unwrap_or_default(),
+            state: std::env::var_os(env.state).map(PathBuf::from).unwrap_or_default(),
         }),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI: the real-Kubernetes tests need the rig; run them through tests/k8s/with-cluster.sh (make test does)")
+        None if env.required_in_ci && std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI: the {} need the rig; run them through `{}` (make test does)", env.what, env.how)
         }
         None => {
             eprintln!(
-                "\n*** SKIPPING the real-Kubernetes tests: run them through `tests/k8s/with-cluster.sh cargo test -p sidekey-controller --test kube_real` \
-                 (needs root and the shared/kube rig beside the checkout, or SIDEKEY_KUBE_BIN) ***\n"
+                "\n*** SKIPPING the {}: run them through `{}` (needs root and the shared/kube rig beside the checkout, or SIDEKEY_KUBE_BIN) ***\n",
+                env.what, env.how
             );
             None
         }
@@ -60,7 +80,8 @@ macro_rules! rig_or_skip {
     };
 }
 
-fn tool(name: &str) -> PathBuf {
+/// A tool from `.tools/bin` (tests/setup.sh installs helm and kubectl there), else from PATH.
+pub fn tool(name: &str) -> PathBuf {
     let local = Path::new(REPO).join(".tools/bin").join(name);
     if local.exists() { local } else { PathBuf::from(name) }
 }
@@ -321,17 +342,8 @@ impl ControllerProcess {
 
     /// `GET /metrics` (or `/readyz`...): status and body, `None` while nothing listens.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
+        let r = http_get(&format!("127.0.0.1:{}", self.metrics), path).await?;
+        Some((r.status, r.body))
     }
 
     /// The API writes this process sent, as `kind/verb` → count (its `/metrics`).
@@ -353,6 +365,48 @@ impl Drop for ControllerProcess {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 response: the status, the head (status line and headers) and the body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `GET path` from `addr` (`host:port`) over plain HTTP/1.1, `Connection: close`, 10 s at
+/// most; `None` while nothing answers. Bodies are read to the end (no chunked decoding).
+pub async fn http_get(addr: &str, path: &str) -> Option<Response> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/html\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), exchange).await.ok()??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Response {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
 }
 
 pub fn parse_writes(metrics: &str) -> std::collections::BTreeMap<String, u64> {

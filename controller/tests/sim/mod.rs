@@ -568,6 +568,7 @@ pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
     let mut planned_writes = 0;
     for p in &all {
         let plan = plan::plan(plan::Input {
+            sidecar_failures: &Default::default(),
             policy: p,
             cache: &cache,
             opts: &opts,

@@ -1,0 +1,577 @@
+//! A protected app's whole life on the node: the echo app behind an HTTPRoute, a policy,
+//! the kubelet-run sidecar, browser logins through the Service's ClusterIP, and a delete
+//! that puts everything back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::host::{BRIDGE, Expect, Idp, Redis, TestCa, browser_login, jwt_claims};
+use crate::support::{self, Rig, TestNamespace, apply, current_condition, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
+
+const WAIT: Duration = Duration::from_secs(120);
+const REPLICAS: usize = 2;
+const TENANT: &str = "5e2e0000-0000-4000-8000-0000000000e2";
+const CLIENT: &str = "e2e-echo";
+const AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// One scenario at a time: they share two cores, the node and the controller.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The echo app (`sidekey-echo`, built and loaded by with-node.sh) as seed-001 has it: a
+/// ServiceAccount, a Deployment whose container port is named `http`, a Service whose
+/// targetPort names it, and an HTTPRoute WITHOUT hostnames, so the proxy derives the
+/// callback from each request's Host (here the ClusterIP).
+fn echo_app_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: {name} }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: {name} }}
+spec:
+  replicas: {REPLICAS}
+  selector: {{ matchLabels: {{ app: {name} }} }}
+  template:
+    metadata: {{ labels: {{ app: {name} }} }}
+    spec:
+      serviceAccountName: {name}
+      securityContext: {{ runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532 }}
+      containers:
+      - name: app
+        image: sidekey.test/echo:e2e
+        imagePullPolicy: Never
+        ports: [{{ name: http, containerPort: 8080 }}]
+        readinessProbe: {{ httpGet: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: {name} }}
+spec:
+  selector: {{ app: {name} }}
+  ports: [{{ name: http, port: 80, targetPort: http }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {name} }}
+spec:
+  parentRefs: [{{ name: gw, namespace: infra }}]
+  rules:
+  - backendRefs: [{{ name: {name}, port: 80 }}]
+"#
+    )
+}
+
+fn cluster_ip(rig: &Rig, ns: &str, svc: &str) -> String {
+    let s = get_json(rig, ns, &format!("service/{svc}")).expect("service");
+    s["spec"]["clusterIP"].as_str().expect("clusterIP").to_string()
+}
+
+fn issuer(rig: &Rig) -> String {
+    let doc: Value = serde_json::from_str(&kubectl_ok(rig, &["get", "--raw", "/.well-known/openid-configuration"], None)).expect("json");
+    doc["issuer"].as_str().expect("issuer").to_string()
+}
+
+fn pods(rig: &Rig, ns: &str, app: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&kubectl_ok(
+        rig,
+        &["-n", ns, "get", "pods", "-l", &format!("app={app}"), "-o", "json"],
+        None,
+    ))
+    .expect("json");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn sidecar(pod: &Value) -> Option<&Value> {
+    pod["spec"]["initContainers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "sidekey-proxy")
+}
+
+/// `Ok` when exactly the app's replicas run, each Running with every container ready (the
+/// kubectl READY column: 2/2 with the native sidecar, 1/1 without), none on its way out,
+/// and with (or without) the sidecar.
+fn rolled_out(pods: &[Value], with_sidecar: bool) -> Result<(), String> {
+    let live: Vec<&Value> = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+    if live.len() != pods.len() || live.len() != REPLICAS {
+        return Err(format!("{} pods, {} of them live; want {REPLICAS}", pods.len(), live.len()));
+    }
+    for p in live {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        if p["status"]["phase"] != "Running" {
+            return Err(format!("{name} is {}", p["status"]["phase"]));
+        }
+        let statuses: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
+            .iter()
+            .flat_map(|k| p["status"][k].as_array().into_iter().flatten())
+            .collect();
+        let ready = statuses.iter().filter(|s| s["ready"] == true).count();
+        let want = if with_sidecar { 2 } else { 1 };
+        if ready != want || statuses.len() != want {
+            return Err(format!("{name}: {ready}/{} ready, want {want}/{want}", statuses.len()));
+        }
+        match (sidecar(p), with_sidecar) {
+            (Some(c), true) if c["restartPolicy"] == "Always" => {}
+            (Some(c), true) => return Err(format!("{name}: the sidecar is not native: {c}")),
+            (None, false) => {}
+            (s, _) => return Err(format!("{name}: sidecar {}", if s.is_some() { "still there" } else { "missing" })),
+        }
+    }
+    Ok(())
+}
+
+async fn wait_rolled_out(rig: &Rig, ns: &str, app: &str, with_sidecar: bool) -> Vec<Value> {
+    let what = format!(
+        "{REPLICAS} pods of {ns}/{app} running {} the sidecar",
+        if with_sidecar { "with" } else { "without" }
+    );
+    wait_or_explain(
+        &what,
+        WAIT,
+        || async {
+            let p = pods(rig, ns, app);
+            rolled_out(&p, with_sidecar).ok().map(|_| p)
+        },
+        || {
+            format!(
+                "{:?}\n{}",
+                rolled_out(&pods(rig, ns, app), with_sidecar),
+                describe_pods(rig, ns, app)
+            )
+        },
+    )
+    .await
+}
+
+fn describe_pods(rig: &Rig, ns: &str, app: &str) -> String {
+    String::from_utf8_lossy(&kubectl(rig, &["-n", ns, "describe", "pods", "-l", &format!("app={app}")]).stdout).into_owned()
+}
+
+async fn wait_ready(rig: &Rig, ns: &str, name: &str) -> Value {
+    wait_or_explain(
+        &format!("{ns}/{name} Ready=True"),
+        WAIT,
+        || async {
+            let p = get_json(rig, ns, &format!("authpolicy/{name}"))?;
+            let (s, r) = current_condition(&p, "Ready")?;
+            (s == "True" && r == "Ready").then_some(p)
+        },
+        || {
+            let p = get_json(rig, ns, &format!("authpolicy/{name}")).unwrap_or_default();
+            format!("policy status: {:#}\n{}", p["status"], describe_pods(rig, ns, name))
+        },
+    )
+    .await
+}
+
+/// The app's answer through the Service when it answers directly (no proxy in the way).
+async fn wait_app_direct(addr: &str) -> Value {
+    wait_or_explain(
+        &format!("the echo app itself at {addr}"),
+        WAIT,
+        || async {
+            let r = http_get(addr, "/direct").await?;
+            if r.status != 200 {
+                return None;
+            }
+            serde_json::from_str::<Value>(&r.body).ok().filter(|v| v["app"] == "sidekey-echo")
+        },
+        String::new,
+    )
+    .await
+}
+
+/// The ServiceAccount tokens the kubelet wrote into the pods' projected `sidekey-token`
+/// volumes (read on the host, in the kubelet's directory under the rig's state).
+fn kubelet_tokens(rig: &Rig, pods: &[Value]) -> Vec<Value> {
+    pods.iter()
+        .filter_map(|p| {
+            let uid = p["metadata"]["uid"].as_str()?;
+            let f = rig
+                .state
+                .join(format!("kubelet/pods/{uid}/volumes/kubernetes.io~projected/sidekey-token/token"));
+            Some(jwt_claims(
+                &std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())),
+            ))
+        })
+        .collect()
+}
+
+fn no_sidekey_annotations(what: &str, meta: &Value) {
+    let a = meta["annotations"].to_string();
+    assert!(!a.contains("sidekey.dev/"), "our annotations are left on {what}: {a}");
+}
+
+fn echo_page(result: &Value) -> Value {
+    let body = result["body"].as_str().unwrap_or_default();
+    serde_json::from_str(body.trim()).unwrap_or_else(|_| panic!("not the echo app's page: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entra_workload_identity_login_through_the_cluster_ip_and_delete_puts_everything_back() {
+    let Some(rig) = support::rig() else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new(rig, "apps");
+    let n = ns.name.as_str();
+    let subject = format!("system:serviceaccount:{n}:echo");
+
+    apply(rig, n, &echo_app_yaml("echo"));
+    let before = wait_rolled_out(rig, n, "echo", false).await;
+    let ip = cluster_ip(rig, n, "echo");
+    let addr = format!("{ip}:80");
+    wait_app_direct(&addr).await;
+
+    // The IdP on the host, as Entra: only the cluster's own token for this subject unlocks it.
+    let ca = TestCa::new();
+    let idp = Idp::start(
+        &ca,
+        &rig.state.join("pki/ca.crt"),
+        json!({
+            "clients": [{"client_id": CLIENT, "redirect_uris": [format!("http://{ip}/oauth2/callback")], "grant_types": ["authorization_code", "refresh_token"]}],
+            "entra": {
+                "tenants": [TENANT], "home": TENANT,
+                "federated": [{"client_id": CLIENT, "issuer": issuer(rig), "subject": subject, "audience": AUDIENCE}],
+            },
+        }),
+    );
+    assert_eq!(idp.issuer, format!("{}/{TENANT}/v2.0", idp.base));
+    kubectl_ok(
+        rig,
+        &[
+            "-n",
+            n,
+            "create",
+            "configmap",
+            "idp-ca",
+            &format!("--from-file=ca.crt={}", ca.file("ca.crt").display()),
+        ],
+        None,
+    );
+    let applied = Instant::now();
+    apply(
+        rig,
+        n,
+        &format!(
+            r#"apiVersion: sidekey.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: echo }}
+spec:
+  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
+  provider:
+    type: entra-id
+    issuerURL: {issuer}
+    clientID: {CLIENT}
+    workloadIdentity: {{}}
+    caBundle: {{ name: idp-ca, key: ca.crt }}
+    graphURL: {base}
+  access: {{ allowedGroups: [admins] }}
+  sidecar:
+    extraArgs: ["--cookie-secure=false"]
+"#,
+            issuer = idp.issuer,
+            base = idp.base
+        ),
+    );
+    let policy = wait_ready(rig, n, "echo").await;
+    let ready_after = applied.elapsed();
+    let protected = wait_rolled_out(rig, n, "echo", true).await;
+    eprintln!("e2e: policy applied → Ready after {ready_after:?}; {REPLICAS} pods 2/2 with the native sidecar");
+    assert_eq!(policy["status"]["protected"], 1, "{:#}", policy["status"]);
+    assert_eq!(
+        policy["status"]["workloadIdentity"]["subjects"][0], subject,
+        "{:#}",
+        policy["status"]
+    );
+    let old: Vec<&Value> = before.iter().map(|p| &p["metadata"]["uid"]).collect();
+    assert!(
+        protected.iter().all(|p| !old.contains(&&p["metadata"]["uid"])),
+        "the pods were not replaced"
+    );
+
+    // Anonymous through the ClusterIP: the sign-in page, not the app.
+    let anonymous = wait_or_explain(
+        "the proxy's answer through the ClusterIP",
+        Duration::from_secs(20),
+        || async { http_get(&addr, "/").await.filter(|r| !r.body.contains("sidekey-echo")) },
+        String::new,
+    )
+    .await;
+    assert!(
+        matches!(anonymous.status, 302 | 401 | 403) && (anonymous.body.contains("sign-in") || anonymous.header("location").is_some()),
+        "an anonymous request got: {} {}",
+        anonymous.head,
+        anonymous.body
+    );
+
+    // alice (in admins) signs in through the ClusterIP; the app sees who she is.
+    let url = format!("http://{ip}/e2e/page?q=1");
+    let hosts = [BRIDGE, ip.as_str()];
+    let started = Instant::now();
+    let alice = browser_login(&url, "alice", &hosts, Expect::Page("alice@example.com")).await;
+    eprintln!("e2e: first browser login through the ClusterIP took {:?}", started.elapsed());
+    let page = echo_page(&alice);
+    let headers = &page["headers"];
+    assert_eq!(page["path"], "/e2e/page?q=1", "{page:#}");
+    assert_eq!(headers["x-forwarded-email"], "alice@example.com", "{page:#}");
+    assert!(headers["x-forwarded-user"].as_str().is_some_and(|u| !u.is_empty()), "{page:#}");
+    assert!(
+        headers["x-forwarded-groups"].as_str().unwrap_or_default().contains("admins"),
+        "{page:#}"
+    );
+
+    // The proxy's client credential was the kubelet-written token of one of the pods.
+    let stats = idp.stats();
+    let assertions: Vec<&Value> = stats["token"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["grant_type"] == "authorization_code")
+        .filter_map(|t| t.get("assertion").filter(|a| !a.is_null()))
+        .collect();
+    assert!(!assertions.is_empty(), "the IdP saw no client_assertion: {stats:#}");
+    let tokens = kubelet_tokens(rig, &protected);
+    for a in &assertions {
+        assert_eq!(a["sub"], subject.as_str(), "{stats:#}");
+        assert!(
+            tokens.iter().any(|t| t["jti"] == a["jti"]),
+            "the assertion {a} is none of the kubelet's tokens: {tokens:#?}"
+        );
+    }
+    let token = &tokens[0];
+    assert_eq!(token["iss"], issuer(rig));
+    assert_eq!(token["aud"], json!([AUDIENCE]));
+    assert_eq!(token["sub"], subject.as_str());
+
+    // bob (not in admins) is refused, by name.
+    let bob = browser_login(&url, "bob", &hosts, Expect::Refused(403, "Access denied")).await;
+    assert!(bob["body"].as_str().unwrap_or_default().contains("bob"), "{bob:#}");
+
+    // What the user sees with kubectl.
+    let wide = kubectl_ok(rig, &["-n", n, "get", "ap", "echo", "-o", "wide"], None);
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).copied());
+    assert_eq!(col("READY"), Some("True"), "{wide}");
+    assert_eq!(col("PROTECTED"), Some("1"), "{wide}");
+    assert!(col("SUBJECTS").is_some_and(|s| s.contains(&subject)), "{wide}");
+    eprintln!("e2e: {}", wide.trim_end().replace('\n', "\ne2e: "));
+
+    // Delete: the pods roll back without the sidecar and the Service reaches the app again.
+    let deleted = Instant::now();
+    kubectl_ok(rig, &["-n", n, "delete", "authpolicy/echo", "--timeout=90s"], None);
+    let released = wait_rolled_out(rig, n, "echo", false).await;
+    eprintln!("e2e: policy deleted → pods without the sidecar after {:?}", deleted.elapsed());
+    assert!(get_json(rig, n, "authpolicy/echo").is_none(), "the finalizer holds the policy");
+    let direct = wait_app_direct(&addr).await;
+    assert!(direct["headers"].get("x-forwarded-email").is_none(), "{direct:#}");
+    let svc = get_json(rig, n, "service/echo").expect("service");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    no_sidekey_annotations("the Service", &svc["metadata"]);
+    let d = get_json(rig, n, "deployment/echo").expect("deployment");
+    no_sidekey_annotations("the Deployment", &d["metadata"]);
+    no_sidekey_annotations("the pod template", &d["spec"]["template"]["metadata"]);
+    assert!(
+        d["spec"]["template"]["spec"]["volumes"].is_null(),
+        "volumes left: {:#}",
+        d["spec"]["template"]["spec"]
+    );
+    for p in &released {
+        no_sidekey_annotations("a pod", &p["metadata"]);
+    }
+    wait_or_explain(
+        "the generated cookie Secret garbage-collected",
+        WAIT,
+        || async { get_json(rig, n, "secret/echo-sidekey-cookie").is_none().then_some(()) },
+        String::new,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_client_secret_with_redis_sessions_logs_in() {
+    let Some(rig) = support::rig() else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new(rig, "redis");
+    let n = ns.name.as_str();
+    apply(rig, n, &echo_app_yaml("echo"));
+    wait_rolled_out(rig, n, "echo", false).await;
+    let ip = cluster_ip(rig, n, "echo");
+
+    let redis = Redis::start();
+    let ca = TestCa::new();
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let idp = Idp::start(
+        &ca,
+        &rig.state.join("pki/ca.crt"),
+        json!({"clients": [{"client_id": CLIENT, "client_secret": secret, "redirect_uris": [format!("http://{ip}/oauth2/callback")], "grant_types": ["authorization_code", "refresh_token"]}]}),
+    );
+    kubectl_ok(
+        rig,
+        &[
+            "-n",
+            n,
+            "create",
+            "configmap",
+            "idp-ca",
+            &format!("--from-file=ca.crt={}", ca.file("ca.crt").display()),
+        ],
+        None,
+    );
+    kubectl_ok(
+        rig,
+        &[
+            "-n",
+            n,
+            "create",
+            "secret",
+            "generic",
+            "idp-client",
+            &format!("--from-literal=secret={secret}"),
+        ],
+        None,
+    );
+    kubectl_ok(
+        rig,
+        &[
+            "-n",
+            n,
+            "create",
+            "secret",
+            "generic",
+            "redis",
+            &format!("--from-literal=url={}", redis.url()),
+        ],
+        None,
+    );
+    apply(
+        rig,
+        n,
+        &format!(
+            r#"apiVersion: sidekey.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: echo }}
+spec:
+  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
+  provider:
+    type: oidc
+    issuerURL: {issuer}
+    clientID: {CLIENT}
+    clientSecretRef: {{ name: idp-client, key: secret }}
+    caBundle: {{ name: idp-ca, key: ca.crt }}
+  access: {{ allowedGroups: [admins] }}
+  session:
+    store: {{ type: redis, redis: {{ urlSecretRef: {{ name: redis, key: url }} }} }}
+  sidecar:
+    extraArgs: ["--cookie-secure=false"]
+"#,
+            issuer = idp.issuer
+        ),
+    );
+    wait_ready(rig, n, "echo").await;
+    wait_rolled_out(rig, n, "echo", true).await;
+
+    let url = format!("http://{ip}/redis");
+    let alice = browser_login(&url, "alice", &[BRIDGE, ip.as_str()], Expect::Page("alice@example.com")).await;
+    let page = echo_page(&alice);
+    assert_eq!(page["headers"]["x-forwarded-email"], "alice@example.com", "{page:#}");
+    // The session lives in Redis: the browser holds a ticket, Redis the session.
+    let keys = redis.cli(&["--scan"]);
+    assert!(!keys.trim().is_empty(), "no session in Redis");
+    let cookie = page["headers"]["cookie"].as_str().unwrap_or_default();
+    assert!(
+        cookie.is_empty() || cookie.len() < 400,
+        "the app got a large cookie with Redis sessions: {cookie}"
+    );
+    kubectl_ok(rig, &["-n", n, "delete", "authpolicy/echo", "--timeout=90s"], None);
+    wait_rolled_out(rig, n, "echo", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_that_cannot_start_shows_the_proxys_error() {
+    let Some(rig) = support::rig() else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new(rig, "broken");
+    let n = ns.name.as_str();
+    apply(rig, n, &echo_app_yaml("echo"));
+    wait_rolled_out(rig, n, "echo", false).await;
+    let addr = format!("{}:80", cluster_ip(rig, n, "echo"));
+    kubectl_ok(
+        rig,
+        &["-n", n, "create", "secret", "generic", "idp-client", "--from-literal=secret=unused"],
+        None,
+    );
+    // A flag the proxy knows (the controller accepts it) with a value it refuses at start.
+    apply(
+        rig,
+        n,
+        &format!(
+            r#"apiVersion: sidekey.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: echo }}
+spec:
+  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
+  provider:
+    type: oidc
+    issuerURL: https://{BRIDGE}:9/
+    clientID: {CLIENT}
+    clientSecretRef: {{ name: idp-client, key: secret }}
+  access: {{ allowedGroups: [admins] }}
+  sidecar:
+    extraArgs: ["--cookie-samesite=sometimes"]
+"#
+        ),
+    );
+    let failing = wait_or_explain(
+        "a pod whose sidecar failed",
+        WAIT,
+        || async {
+            pods(rig, n, "echo").into_iter().find(|p| {
+                p["status"]["initContainerStatuses"].as_array().into_iter().flatten().any(|s| {
+                    s["name"] == "sidekey-proxy" && (s["lastState"]["terminated"].is_object() || s["state"]["terminated"].is_object())
+                })
+            })
+        },
+        || describe_pods(rig, n, "echo"),
+    )
+    .await;
+    let pod = failing["metadata"]["name"].as_str().expect("name").to_string();
+    let logs = String::from_utf8_lossy(&kubectl(rig, &["-n", n, "logs", &pod, "-c", "sidekey-proxy"]).stdout).into_owned()
+        + &String::from_utf8_lossy(&kubectl(rig, &["-n", n, "logs", &pod, "-c", "sidekey-proxy", "--previous"]).stdout);
+    assert!(logs.contains("cookie_samesite"), "the proxy's error is not in its log: {logs}");
+    let describe = String::from_utf8_lossy(&kubectl(rig, &["-n", n, "describe", "pod", &pod]).stdout).into_owned();
+    let shown = describe
+        .lines()
+        .find(|l| l.contains("cookie_samesite"))
+        .map(|l| l.trim().to_string());
+    // The old pods keep serving while the rollout is stuck, and the Service stays on the app.
+    let direct = wait_app_direct(&addr).await;
+    assert_eq!(
+        direct["app"], "sidekey-echo",
+        "the Service stays on the app while the sidecar fails"
+    );
+    // The policy says why: SidecarFailing, naming a pod and carrying the proxy's own line
+    // (from the termination log), within the controller's 10 s look at a pending rollout.
+    let ready = wait_or_explain(
+        "Ready=False SidecarFailing with the proxy's error",
+        WAIT,
+        || async {
+            let p = get_json(rig, n, "authpolicy/echo")?;
+            support::condition(&p, "Ready").filter(|c| c["reason"] == "SidecarFailing").cloned()
+        },
+        || format!("{:#}", get_json(rig, n, "authpolicy/echo").unwrap_or_default()["status"]),
+    )
+    .await;
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cookie_samesite") && message.contains("pod ") && message.contains("sidekey-proxy"),
+        "{ready:#}"
+    );
+    eprintln!("e2e: a sidecar that cannot start: `kubectl describe pod` shows {shown:?}; the policy says: {message}");
+    assert!(
+        shown.is_some(),
+        "kubectl describe pod {pod} does not show the proxy's error line:\n{describe}"
+    );
+}
