@@ -185,7 +185,11 @@ fn main() -> ExitCode {
                 lease_namespace: m.get_one::<String>("lease-namespace").cloned().unwrap_or_default(),
                 identity: runtime::leader::Holder {
                     name: std::env::var("POD_NAME").unwrap_or_else(|_| format!("sidekey-controller-{}", std::process::id())),
-                    pod_uid: std::env::var("POD_UID").ok(),
+                    // An owner in another namespace counts as absent to the garbage collector,
+                    // which would delete a Lease in use: own it only in the Pod's namespace.
+                    pod_uid: std::env::var("POD_UID").ok().filter(|_| {
+                        std::env::var("POD_NAMESPACE").ok().as_deref() == m.get_one::<String>("lease-namespace").map(String::as_str)
+                    }),
                 },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -203,6 +203,7 @@ pub const POLICY_CRD_POLL: Duration = Duration::from_secs(5);
 async fn wait_for_policy_crd(client: &Client, ready: &AtomicU8, stopping: &Stopping) -> bool {
     let api: Api<AuthPolicy> = Api::all(client.clone());
     let mut missing = false;
+    let mut failing = false;
     loop {
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => {
@@ -222,7 +223,11 @@ async fn wait_for_policy_crd(client: &Client, ready: &AtomicU8, stopping: &Stopp
                     missing = true;
                 }
             }
-            // The API server briefly away: the same wait, quietly.
+            // The API server briefly away, or RBAC missing (403): the same wait, said once.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot list AuthPolicies; retrying every {}s", POLICY_CRD_POLL.as_secs());
+                failing = true;
+            }
             Err(e) => tracing::debug!(error = %e, "cannot list AuthPolicies yet"),
         }
         tokio::select! {

@@ -803,9 +803,7 @@ mod tests {
             ),
             (
                 with("/redirectURL", Some(json!("javascript:alert(1)"))),
-                &[
-                    r#"spec.redirectURL: Invalid value: "javascript:alert(1)": redirectURL must be an https:// URL (http:// only for localhost)"#,
-                ],
+                &[r#"spec.redirectURL: Invalid value: "javascript:alert(1)": redirectURL must be an https:// (or http://) URL"#],
             ),
             (
                 with("/skipAuth", Some(json!({"routes": [{"path": "/x", "methods": ["get"]}]}))),

@@ -1083,19 +1083,28 @@ impl App {
 
     /// Whether a browser dropped our `Secure` cookies: the request came over plain http to a
     /// host browsers do not treat as a secure context (loopback names they do).
+    /// With `redirect_url` set (the controller sets it whenever a route has a hostname) the
+    /// browser's side is that URL: a sidecar behind a TLS gateway sees plain http from an
+    /// untrusted peer, and must not blame plain http for an ordinary expired login.
     fn secure_cookie_dropped(&self, cx: &Ctx) -> bool {
-        let host = cx.origin.host.as_deref().unwrap_or("");
-        let hostname = match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
+        let (scheme, host) = match &self.cfg.redirect_url {
+            Some(u) => (u.scheme(), u.host_str().unwrap_or("").to_string()),
+            None => {
+                let host = cx.origin.host.as_deref().unwrap_or("");
+                let hostname = match host.rsplit_once(':') {
+                    Some((h, port)) if !h.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+                    _ => host,
+                };
+                (cx.origin.scheme, hostname.to_string())
+            }
         };
-        let loopback = hostname == "localhost"
-            || hostname.ends_with(".localhost")
-            || hostname
+        let loopback = host == "localhost"
+            || host.ends_with(".localhost")
+            || host
                 .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        self.cfg.cookie.secure && cx.origin.scheme == "http" && !loopback
+        self.cfg.cookie.secure && scheme == "http" && !loopback
     }
 
     fn request_id(&self, headers: &HeaderMap) -> HeaderValue {

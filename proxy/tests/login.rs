@@ -602,4 +602,14 @@ async fn a_secure_cookie_over_plain_http_is_explained() {
         !page.contains("cookie_secure"),
         "cookie_secure=false: the cookie was not dropped: {page}"
     );
+    // A sidecar behind a TLS gateway sees plain http from its peer; the configured https
+    // callback is what the browser used, so an expired login is just that.
+    let behind_tls = setup(&["--cookie-secure=true", "--redirect-url=https://app.example.com/oauth2/callback"]).await;
+    let page = callback(&behind_tls.proxy.url, "app.example.com")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("took too long") && !page.contains("cookie_secure"), "{page}");
 }

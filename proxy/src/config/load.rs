@@ -242,9 +242,19 @@ fn read_toml_file(path: &std::path::Path) -> Result<Values, ConfigError> {
 
 /// Parses an oauth2-proxy TOML config. Unknown keys are errors that name the closest key.
 pub fn parse_toml(text: &str, origin: &str) -> Result<Values, ConfigError> {
+    // The message and the position only: toml's own rendering quotes the offending line,
+    // which may hold a secret, and start-up errors also reach the pod's termination log.
     let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
         origin: origin.to_string(),
-        message: e.to_string(),
+        message: match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("line {line}, column {column}: {}", e.message().trim_end())
+            }
+            None => e.message().trim_end().to_string(),
+        },
     })?;
     let mut values = Values::default();
     for (key, item) in table {

@@ -635,7 +635,7 @@ pub static OPTIONS: &[Opt] = &[
         Bool,
         "false",
         Supported,
-        "Sign-out also ends the provider session: the browser goes to the provider's end_session_endpoint with id_token_hint and the validated rd as post_logout_redirect_uri (sidekey extension).",
+        "Sign-out also ends the provider session: the browser goes to the provider's end_session_endpoint with id_token_hint and the validated rd (default: the \"You are signed out\" page, /oauth2/signed_out) as post_logout_redirect_uri, which the provider must have registered (sidekey extension).",
     ),
     o(
         "entra-id-allowed-tenant",

@@ -778,3 +778,15 @@ fn keycloak_oidc_runs_as_oidc_unless_it_relies_on_roles() {
         "allowed_roles stays refused"
     );
 }
+
+#[test]
+fn a_toml_syntax_error_names_the_line_but_never_quotes_it() {
+    let err = parse_toml(
+        "provider = \"oidc\"\ncookie_secret = \"s3cr3t-value\nclient_id = \"x\"\n",
+        "proxy.cfg",
+    )
+    .expect_err("an unterminated string");
+    let text = err.to_string();
+    assert!(text.contains("proxy.cfg") && text.contains("line 2"), "{text}");
+    assert!(!text.contains("s3cr3t"), "the secret's line is quoted: {text}");
+}
