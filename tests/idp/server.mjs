@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
 import { EntraFrontDoor } from './entra.mjs';
@@ -25,7 +26,18 @@ const DEFAULT_USERS = {
   mallory: { password: 'mallory-password', email: 'mallory@evil.com@example.com', email_verified: true, groups: ['admins'], preferred_username: 'mallory', name: 'Mallory' },
 };
 const users = config.users || DEFAULT_USERS;
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+// The signing key comes from openssl when it is there: Node 20's generateKeyPairSync can
+// deadlock later, in the garbage collector's destructor of its key-generation job (seen as an
+// IdP that never printed its first line, its main thread parked in ~KeyGenJob).
+function rsaKey() {
+  try {
+    const pem = execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    return crypto.createPrivateKey(pem);
+  } catch {
+    return crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  }
+}
+const privateKey = rsaKey();
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));

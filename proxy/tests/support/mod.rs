@@ -79,18 +79,39 @@ impl Idp {
             repo_root().join("tests/node_modules/oidc-provider").exists(),
             "tests/node_modules is missing: run `make test` (it runs npm ci in tests/)"
         );
-        let mut child = Command::new("node")
-            .arg(&script)
-            .arg(cfg.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node is installed (make test installs the test peers)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("IdP prints its address");
-        let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP did not start: {e}: {line:?}"));
+        // A node that hangs before listening (seen once: a deadlock inside Node's own key
+        // generation) must cost a retry, not the whole run.
+        let (mut child, line) = (0..3)
+            .find_map(|_| {
+                let mut child = Command::new("node")
+                    .arg(&script)
+                    .arg(cfg.to_string())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("node is installed (make test installs the test peers)");
+                let stdout = child.stdout.take().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let _ = BufReader::new(stdout).read_line(&mut line);
+                    let _ = tx.send(line);
+                });
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) => Some((child, line)),
+                    Err(_) => {
+                        eprintln!("the test IdP printed nothing in 30 s; starting another");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        None
+                    }
+                }
+            })
+            .expect("the test IdP (node tests/idp/server.mjs) never started");
+        let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!("IdP did not start: {e}: {line:?}")
+        });
         Idp {
             issuer: info["issuer"].as_str().unwrap().to_string(),
             base: info["base"].as_str().unwrap().to_string(),
