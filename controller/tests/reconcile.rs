@@ -209,23 +209,22 @@ fn find<'a>(sent: &'a [Sent], method: Method, path: &str) -> &'a Sent {
         .unwrap_or_else(|| panic!("no {method} {path} in {:?}", lines(sent)))
 }
 
-fn condition_message(p: &Sent, type_: &str) -> String {
-    let c = p.body["status"]["conditions"]
+/// The condition of `type_` in a status patch.
+fn status_condition<'a>(p: &'a Sent, type_: &str) -> &'a Value {
+    p.body["status"]["conditions"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["type"] == type_)
-        .unwrap();
-    c["message"].as_str().unwrap().to_string()
+        .unwrap_or_else(|| panic!("no {type_} condition in {}", p.body))
+}
+
+fn condition_message(p: &Sent, type_: &str) -> String {
+    status_condition(p, type_)["message"].as_str().unwrap().to_string()
 }
 
 fn condition(p: &Sent, type_: &str) -> (String, String) {
-    let c = p.body["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == type_)
-        .unwrap();
+    let c = status_condition(p, type_);
     (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
 }
 
