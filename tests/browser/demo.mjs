@@ -4,22 +4,13 @@
 // again. Screenshots of every page go to <screenshot-dir> (look at them when pages change).
 // Usage: node tests/browser/demo.mjs <proxy-url> <screenshot-dir>
 // Prints a JSON result; exits non-zero on failure.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { launch } from './chromium.mjs';
 
 const [base, shots] = process.argv.slice(2);
 fs.mkdirSync(shots, { recursive: true });
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'sidekey-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-extensions', '--no-first-run', '--disable-quic',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost',
-  ],
-});
+const { context, close } = await launch();
 const steps = [];
 let n = 0;
 const page = await context.newPage();
@@ -85,6 +76,5 @@ try {
   console.log(JSON.stringify({ ok: false, error: String(err), steps, url: page.url(), screenshots: shots }));
   process.exitCode = 1;
 } finally {
-  await context.close();
-  fs.rmSync(profile, { recursive: true, force: true });
+  await close();
 }

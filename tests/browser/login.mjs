@@ -9,26 +9,13 @@
 // Service's ClusterIP). SIDEKEY_BROWSER_IGNORE_CERTS=1 accepts any TLS certificate (an IdP
 // with a test CA). SIDEKEY_EXPECT_STATUS=403 expects the final page to answer 403 (a
 // refused user) instead of the protected page.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { launch } from './chromium.mjs';
 
 const [url, user, password, expected] = process.argv.slice(2);
 const extraHosts = (process.env.SIDEKEY_BROWSER_HOSTS || '').split(',').map((h) => h.trim()).filter(Boolean);
 const expectStatus = process.env.SIDEKEY_EXPECT_STATUS ? Number(process.env.SIDEKEY_EXPECT_STATUS) : null;
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'sidekey-chromium-'));
-// A fresh profile per run (launchPersistentContext passes it as --user-data-dir).
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // Loopback (and the hosts asked for) only: no background traffic, no other lookups.
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-extensions', '--no-first-run', '--disable-quic',
-    `--host-resolver-rules=MAP * ~NOTFOUND, ${['127.0.0.1', 'localhost', ...extraHosts].map((h) => `EXCLUDE ${h}`).join(', ')}`,
-    ...(process.env.SIDEKEY_BROWSER_IGNORE_CERTS === '1' ? ['--ignore-certificate-errors'] : []),
-  ],
-});
+const { context, close } = await launch({ extraHosts, ignoreCerts: process.env.SIDEKEY_BROWSER_IGNORE_CERTS === '1' });
 const steps = [];
 try {
   const page = await context.newPage();
@@ -68,6 +55,5 @@ try {
   console.log(JSON.stringify({ ok: false, error: String(err), steps }));
   process.exitCode = 1;
 } finally {
-  await context.close();
-  fs.rmSync(profile, { recursive: true, force: true });
+  await close();
 }
