@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing with cargo-fuzz (libFuzzer): `make fuzz` runs every target for
-# FUZZ_SECONDS (default 120) and `make test` a short smoke (FUZZ_SECONDS=10). A crash fails
-# the run and leaves the input in fuzz/artifacts/<target>/; reproduce it with
+# FUZZ_SECONDS (default 120). `make test` does not build libFuzzer: it replays the seeds, any
+# crash inputs in fuzz/artifacts/ and a fixed set of mutants through the same properties
+# (fuzz/tests/corpus.rs). A crash fails the run and leaves the input in
+# fuzz/artifacts/<target>/, where `make test` replays it too; reproduce it with
 #   cargo fuzz run --fuzz-dir fuzz -s none <target> fuzz/artifacts/<target>/<file>
 #
 # The stable toolchain has no -Zsanitizer, so targets build with `-s none`: the code under
