@@ -6,182 +6,75 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::echo::{
+    CLIENT, OidcClient, REPLICAS, SERIAL, WAIT, ca_config_map, cluster_ip, describe_pods, echo_app_yaml, pods, wait_app_direct, wait_ready,
+    wait_rolled_out,
+};
 use crate::host::{BRIDGE, Expect, Idp, Redis, TestCa, browser_login, jwt_claims};
-use crate::support::{self, Rig, TestNamespace, apply, current_condition, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
+use crate::support::{self, Rig, TestNamespace, apply, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
 
-const WAIT: Duration = Duration::from_secs(120);
-const REPLICAS: usize = 2;
 const TENANT: &str = "5e2e0000-0000-4000-8000-0000000000e2";
-const CLIENT: &str = "e2e-echo";
 const AUDIENCE: &str = "api://AzureADTokenExchange";
-
-/// One scenario at a time: they share two cores, the node and the controller.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The echo app (`sidekey-echo`, built and loaded by with-node.sh) as seed-001 has it: a
-/// ServiceAccount, a Deployment whose container port is named `http`, a Service whose
-/// targetPort names it, and an HTTPRoute WITHOUT hostnames, so the proxy derives the
-/// callback from each request's Host (here the ClusterIP).
-fn echo_app_yaml(name: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: {name} }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: {name} }}
-spec:
-  replicas: {REPLICAS}
-  selector: {{ matchLabels: {{ app: {name} }} }}
-  template:
-    metadata: {{ labels: {{ app: {name} }} }}
-    spec:
-      serviceAccountName: {name}
-      securityContext: {{ runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532 }}
-      containers:
-      - name: app
-        image: sidekey.test/echo:e2e
-        imagePullPolicy: Never
-        ports: [{{ name: http, containerPort: 8080 }}]
-        readinessProbe: {{ httpGet: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
----
-apiVersion: v1
-kind: Service
-metadata: {{ name: {name} }}
-spec:
-  selector: {{ app: {name} }}
-  ports: [{{ name: http, port: 80, targetPort: http }}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{ name: {name} }}
-spec:
-  parentRefs: [{{ name: gw, namespace: infra }}]
-  rules:
-  - backendRefs: [{{ name: {name}, port: 80 }}]
-"#
-    )
-}
-
-fn cluster_ip(rig: &Rig, ns: &str, svc: &str) -> String {
-    let s = get_json(rig, ns, &format!("service/{svc}")).expect("service");
-    s["spec"]["clusterIP"].as_str().expect("clusterIP").to_string()
-}
 
 fn issuer(rig: &Rig) -> String {
     let doc: Value = serde_json::from_str(&kubectl_ok(rig, &["get", "--raw", "/.well-known/openid-configuration"], None)).expect("json");
     doc["issuer"].as_str().expect("issuer").to_string()
 }
 
-fn pods(rig: &Rig, ns: &str, app: &str) -> Vec<Value> {
-    let list: Value = serde_json::from_str(&kubectl_ok(
-        rig,
-        &["-n", ns, "get", "pods", "-l", &format!("app={app}"), "-o", "json"],
-        None,
-    ))
-    .expect("json");
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn sidecar(pod: &Value) -> Option<&Value> {
-    pod["spec"]["initContainers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == "sidekey-proxy")
-}
-
-/// `Ok` when exactly the app's replicas run, each Running with every container ready (the
-/// kubectl READY column: 2/2 with the native sidecar, 1/1 without), none on its way out,
-/// and with (or without) the sidecar.
-fn rolled_out(pods: &[Value], with_sidecar: bool) -> Result<(), String> {
-    let live: Vec<&Value> = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-    if live.len() != pods.len() || live.len() != REPLICAS {
-        return Err(format!("{} pods, {} of them live; want {REPLICAS}", pods.len(), live.len()));
-    }
-    for p in live {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        if p["status"]["phase"] != "Running" {
-            return Err(format!("{name} is {}", p["status"]["phase"]));
-        }
-        let statuses: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
-            .iter()
-            .flat_map(|k| p["status"][k].as_array().into_iter().flatten())
-            .collect();
-        let ready = statuses.iter().filter(|s| s["ready"] == true).count();
-        let want = if with_sidecar { 2 } else { 1 };
-        if ready != want || statuses.len() != want {
-            return Err(format!("{name}: {ready}/{} ready, want {want}/{want}", statuses.len()));
-        }
-        match (sidecar(p), with_sidecar) {
-            (Some(c), true) if c["restartPolicy"] == "Always" => {}
-            (Some(c), true) => return Err(format!("{name}: the sidecar is not native: {c}")),
-            (None, false) => {}
-            (s, _) => return Err(format!("{name}: sidecar {}", if s.is_some() { "still there" } else { "missing" })),
-        }
-    }
-    Ok(())
-}
-
-async fn wait_rolled_out(rig: &Rig, ns: &str, app: &str, with_sidecar: bool) -> Vec<Value> {
-    let what = format!(
-        "{REPLICAS} pods of {ns}/{app} running {} the sidecar",
-        if with_sidecar { "with" } else { "without" }
+/// The IdP on the host, as Entra ID: only the cluster's own token for the echo app's
+/// ServiceAccount in `ns` unlocks it. Its CA goes into ConfigMap `idp-ca`.
+fn entra_idp(rig: &Rig, ns: &str, ip: &str) -> (Idp, TestCa) {
+    let ca = TestCa::new();
+    let idp = Idp::start(
+        &ca,
+        &rig.state.join("pki/ca.crt"),
+        json!({
+            "clients": [{"client_id": CLIENT, "redirect_uris": [format!("http://{ip}/oauth2/callback")], "grant_types": ["authorization_code", "refresh_token"]}],
+            "entra": {
+                "tenants": [TENANT], "home": TENANT,
+                "federated": [{"client_id": CLIENT, "issuer": issuer(rig), "subject": format!("system:serviceaccount:{ns}:echo"), "audience": AUDIENCE}],
+            },
+        }),
     );
-    wait_or_explain(
-        &what,
-        WAIT,
-        || async {
-            let p = pods(rig, ns, app);
-            rolled_out(&p, with_sidecar).ok().map(|_| p)
-        },
-        || {
-            format!(
-                "{:?}\n{}",
-                rolled_out(&pods(rig, ns, app), with_sidecar),
-                describe_pods(rig, ns, app)
-            )
-        },
-    )
-    .await
+    assert_eq!(idp.issuer, format!("{}/{TENANT}/v2.0", idp.base));
+    ca_config_map(rig, ns, &ca);
+    (idp, ca)
 }
 
-fn describe_pods(rig: &Rig, ns: &str, app: &str) -> String {
-    String::from_utf8_lossy(&kubectl(rig, &["-n", ns, "describe", "pods", "-l", &format!("app={app}")]).stdout).into_owned()
+/// AuthPolicy `echo`: Entra ID through `idp` with workload identity (`workload_identity` is
+/// that field's YAML), group `admins` let in over plain http.
+fn entra_policy(idp: &Idp, workload_identity: &str) -> String {
+    format!(
+        r#"apiVersion: sidekey.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: echo }}
+spec:
+  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
+  provider:
+    type: entra-id
+    issuerURL: {issuer}
+    clientID: {CLIENT}
+    workloadIdentity: {workload_identity}
+    caBundle: {{ name: idp-ca, key: ca.crt }}
+    graphURL: {base}
+  access: {{ allowedGroups: [admins] }}
+  sidecar:
+    extraArgs: ["--cookie-secure=false"]
+"#,
+        issuer = idp.issuer,
+        base = idp.base
+    )
 }
 
-async fn wait_ready(rig: &Rig, ns: &str, name: &str) -> Value {
-    wait_or_explain(
-        &format!("{ns}/{name} Ready=True"),
-        WAIT,
-        || async {
-            let p = get_json(rig, ns, &format!("authpolicy/{name}"))?;
-            let (s, r) = current_condition(&p, "Ready")?;
-            (s == "True" && r == "Ready").then_some(p)
-        },
-        || {
-            let p = get_json(rig, ns, &format!("authpolicy/{name}")).unwrap_or_default();
-            format!("policy status: {:#}\n{}", p["status"], describe_pods(rig, ns, name))
-        },
-    )
-    .await
-}
-
-/// The app's answer through the Service when it answers directly (no proxy in the way).
-async fn wait_app_direct(addr: &str) -> Value {
-    wait_or_explain(
-        &format!("the echo app itself at {addr}"),
-        WAIT,
-        || async {
-            let r = http_get(addr, "/direct").await?;
-            if r.status != 200 {
-                return None;
-            }
-            serde_json::from_str::<Value>(&r.body).ok().filter(|v| v["app"] == "sidekey-echo")
-        },
-        String::new,
-    )
-    .await
+/// The `client_assertion`s the IdP was sent with authorization codes (their `iss`, `sub`, `jti`).
+fn code_assertions(idp: &Idp) -> Vec<Value> {
+    idp.stats()["token"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["grant_type"] == "authorization_code")
+        .filter_map(|t| t.get("assertion").filter(|a| !a.is_null()).cloned())
+        .collect()
 }
 
 /// The ServiceAccount tokens the kubelet wrote into the pods' projected `sidekey-token`
@@ -224,57 +117,9 @@ async fn entra_workload_identity_login_through_the_cluster_ip_and_delete_puts_ev
     let addr = format!("{ip}:80");
     wait_app_direct(&addr).await;
 
-    // The IdP on the host, as Entra: only the cluster's own token for this subject unlocks it.
-    let ca = TestCa::new();
-    let idp = Idp::start(
-        &ca,
-        &rig.state.join("pki/ca.crt"),
-        json!({
-            "clients": [{"client_id": CLIENT, "redirect_uris": [format!("http://{ip}/oauth2/callback")], "grant_types": ["authorization_code", "refresh_token"]}],
-            "entra": {
-                "tenants": [TENANT], "home": TENANT,
-                "federated": [{"client_id": CLIENT, "issuer": issuer(rig), "subject": subject, "audience": AUDIENCE}],
-            },
-        }),
-    );
-    assert_eq!(idp.issuer, format!("{}/{TENANT}/v2.0", idp.base));
-    kubectl_ok(
-        rig,
-        &[
-            "-n",
-            n,
-            "create",
-            "configmap",
-            "idp-ca",
-            &format!("--from-file=ca.crt={}", ca.file("ca.crt").display()),
-        ],
-        None,
-    );
+    let (idp, _ca) = entra_idp(rig, n, &ip);
     let applied = Instant::now();
-    apply(
-        rig,
-        n,
-        &format!(
-            r#"apiVersion: sidekey.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{ name: echo }}
-spec:
-  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
-  provider:
-    type: entra-id
-    issuerURL: {issuer}
-    clientID: {CLIENT}
-    workloadIdentity: {{}}
-    caBundle: {{ name: idp-ca, key: ca.crt }}
-    graphURL: {base}
-  access: {{ allowedGroups: [admins] }}
-  sidecar:
-    extraArgs: ["--cookie-secure=false"]
-"#,
-            issuer = idp.issuer,
-            base = idp.base
-        ),
-    );
+    apply(rig, n, &entra_policy(&idp, "{}"));
     let policy = wait_ready(rig, n, "echo").await;
     let ready_after = applied.elapsed();
     let protected = wait_rolled_out(rig, n, "echo", true).await;
@@ -323,18 +168,11 @@ spec:
     );
 
     // The proxy's client credential was the kubelet-written token of one of the pods.
-    let stats = idp.stats();
-    let assertions: Vec<&Value> = stats["token"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["grant_type"] == "authorization_code")
-        .filter_map(|t| t.get("assertion").filter(|a| !a.is_null()))
-        .collect();
-    assert!(!assertions.is_empty(), "the IdP saw no client_assertion: {stats:#}");
+    let assertions = code_assertions(&idp);
+    assert!(!assertions.is_empty(), "the IdP saw no client_assertion: {:#}", idp.stats());
     let tokens = kubelet_tokens(rig, &protected);
     for a in &assertions {
-        assert_eq!(a["sub"], subject.as_str(), "{stats:#}");
+        assert_eq!(a["sub"], subject.as_str(), "{assertions:#?}");
         assert!(
             tokens.iter().any(|t| t["jti"] == a["jti"]),
             "the assertion {a} is none of the kubelet's tokens: {tokens:#?}"
@@ -401,38 +239,7 @@ async fn oidc_client_secret_with_redis_sessions_logs_in() {
     let ip = cluster_ip(rig, n, "echo");
 
     let redis = Redis::start();
-    let ca = TestCa::new();
-    let secret = format!("{:032x}", rand::random::<u128>());
-    let idp = Idp::start(
-        &ca,
-        &rig.state.join("pki/ca.crt"),
-        json!({"clients": [{"client_id": CLIENT, "client_secret": secret, "redirect_uris": [format!("http://{ip}/oauth2/callback")], "grant_types": ["authorization_code", "refresh_token"]}]}),
-    );
-    kubectl_ok(
-        rig,
-        &[
-            "-n",
-            n,
-            "create",
-            "configmap",
-            "idp-ca",
-            &format!("--from-file=ca.crt={}", ca.file("ca.crt").display()),
-        ],
-        None,
-    );
-    kubectl_ok(
-        rig,
-        &[
-            "-n",
-            n,
-            "create",
-            "secret",
-            "generic",
-            "idp-client",
-            &format!("--from-literal=secret={secret}"),
-        ],
-        None,
-    );
+    let client = OidcClient::start(rig, n, &ip);
     kubectl_ok(
         rig,
         &[
@@ -446,30 +253,8 @@ async fn oidc_client_secret_with_redis_sessions_logs_in() {
         ],
         None,
     );
-    apply(
-        rig,
-        n,
-        &format!(
-            r#"apiVersion: sidekey.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{ name: echo }}
-spec:
-  targetRefs: [{{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo }}]
-  provider:
-    type: oidc
-    issuerURL: {issuer}
-    clientID: {CLIENT}
-    clientSecretRef: {{ name: idp-client, key: secret }}
-    caBundle: {{ name: idp-ca, key: ca.crt }}
-  access: {{ allowedGroups: [admins] }}
-  session:
-    store: {{ type: redis, redis: {{ urlSecretRef: {{ name: redis, key: url }} }} }}
-  sidecar:
-    extraArgs: ["--cookie-secure=false"]
-"#,
-            issuer = idp.issuer
-        ),
-    );
+    let session = "  session:\n    store: { type: redis, redis: { urlSecretRef: { name: redis, key: url } } }\n";
+    apply(rig, n, &client.policy("echo", session));
     wait_ready(rig, n, "echo").await;
     wait_rolled_out(rig, n, "echo", true).await;
 
@@ -573,5 +358,71 @@ spec:
     assert!(
         shown.is_some(),
         "kubectl describe pod {pod} does not show the proxy's error line:\n{describe}"
+    );
+}
+
+/// `make e2e-long` (about 11 minutes): the kubelet rotates a projected token at 80% of its
+/// lifetime, and the proxy, which reads the file at every token request, signs in with the
+/// new one. The second sign-in comes after the first token expired, which the IdP (as Entra
+/// does) refuses: only the rotated token can pass.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "waits about 10 minutes for the kubelet to rotate a token: make e2e-long"]
+async fn the_proxy_signs_in_with_the_token_the_kubelet_rotated() {
+    let Some(rig) = support::rig() else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new(rig, "rotation");
+    let n = ns.name.as_str();
+    apply(rig, n, &echo_app_yaml("echo"));
+    wait_rolled_out(rig, n, "echo", false).await;
+    let ip = cluster_ip(rig, n, "echo");
+    let (idp, _ca) = entra_idp(rig, n, &ip);
+    // The shortest lifetime the API allows.
+    apply(rig, n, &entra_policy(&idp, "{ expirationSeconds: 600 }"));
+    wait_ready(rig, n, "echo").await;
+    let pods = wait_rolled_out(rig, n, "echo", true).await;
+    let first = kubelet_tokens(rig, &pods);
+    for t in &first {
+        assert_eq!(t["exp"].as_i64().unwrap_or(0) - t["iat"].as_i64().unwrap_or(0), 600, "{t:#}");
+    }
+    let url = format!("http://{ip}/rotation");
+    let hosts = [BRIDGE, ip.as_str()];
+    browser_login(&url, "alice", &hosts, Expect::Page("alice@example.com")).await;
+    let used = code_assertions(&idp);
+    assert!(used.iter().all(|a| first.iter().any(|t| t["jti"] == a["jti"])), "{used:#?}");
+
+    let rotated = wait_or_explain(
+        "the kubelet rotating every pod's token",
+        Duration::from_secs(660),
+        || async {
+            let now = kubelet_tokens(rig, &pods);
+            now.iter().all(|t| first.iter().all(|f| f["jti"] != t["jti"])).then_some(now)
+        },
+        || format!("{:#?}", kubelet_tokens(rig, &pods)),
+    )
+    .await;
+    let issued = first.iter().filter_map(|t| t["iat"].as_i64()).min().unwrap_or(0);
+    let unix = || jiff::Timestamp::now().as_second();
+    eprintln!(
+        "e2e: rotation: the kubelet wrote new tokens {} s after the first were issued",
+        unix() - issued
+    );
+    // Past the first tokens' expiry: the IdP refuses them now, so a sign-in needs the new one.
+    let expired = first.iter().filter_map(|t| t["exp"].as_i64()).max().unwrap_or(0);
+    while unix() <= expired + 2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let before = used.len();
+    browser_login(&url, "alice", &hosts, Expect::Page("alice@example.com")).await;
+    let later: Vec<Value> = code_assertions(&idp).split_off(before);
+    assert!(!later.is_empty(), "no token request after the rotation");
+    for a in &later {
+        assert!(
+            rotated.iter().any(|t| t["jti"] == a["jti"]),
+            "the proxy sent {a} after the rotation, not a rotated token: {rotated:#?}"
+        );
+    }
+    eprintln!(
+        "e2e: rotation: signed in {} s after the first tokens expired, with the rotated token",
+        unix() - expired
     );
 }

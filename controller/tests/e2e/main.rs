@@ -25,5 +25,7 @@ pub const RIG_ENV: support::RigEnv = support::RigEnv {
     required_in_ci: false,
 };
 
+mod controller_pod;
+mod echo;
 mod host;
 mod login;
