@@ -128,7 +128,7 @@ fn discovery_status(url: &str, status: http::StatusCode) -> String {
 }
 
 /// The signed-in user as the provider describes them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
     pub email: String,
@@ -139,6 +139,24 @@ pub struct Identity {
     pub refresh_token: Option<String>,
     pub tokens_expire_at: Option<u64>,
     pub groups_from_graph: bool,
+}
+
+/// The tokens never print.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |t: &Option<String>| t.as_ref().map(|_| "[redacted]");
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("email", &self.email)
+            .field("preferred_username", &self.preferred_username)
+            .field("groups", &self.groups)
+            .field("access_token", &redact(&self.access_token))
+            .field("id_token", &redact(&self.id_token))
+            .field("refresh_token", &redact(&self.refresh_token))
+            .field("tokens_expire_at", &self.tokens_expire_at)
+            .field("groups_from_graph", &self.groups_from_graph)
+            .finish()
+    }
 }
 
 /// A token endpoint response (RFC 6749 §5.1).
@@ -176,7 +194,8 @@ pub struct Refreshed {
 
 pub struct Discovered {
     pub metadata: Metadata,
-    pub jwks_fetched: Instant,
+    /// By the injected clock, which the refetch limit is measured on.
+    pub jwks_fetched: SystemTime,
 }
 
 pub struct Oidc {
@@ -223,7 +242,7 @@ impl Oidc {
         let metadata = metadata?;
         let d = Arc::new(Discovered {
             metadata,
-            jwks_fetched: Instant::now(),
+            jwks_fetched: (self.clock)(),
         });
         *self.current.write().expect("lock poisoned") = Some(d.clone());
         Ok(d)
@@ -320,7 +339,9 @@ impl Oidc {
         if !Arc::ptr_eq(&current, seen) {
             return Some(current); // someone else refreshed while we waited
         }
-        if current.jwks_fetched.elapsed() < JWKS_REFETCH_INTERVAL {
+        // A clock that went back counts as "just fetched": the limit holds either way.
+        let since = (self.clock)().duration_since(current.jwks_fetched).unwrap_or_default();
+        if since < JWKS_REFETCH_INTERVAL {
             return None;
         }
         let client = self.http.as_oauth2();
@@ -331,7 +352,7 @@ impl Oidc {
             Ok(keys) => {
                 let d = Arc::new(Discovered {
                     metadata: current.metadata.clone().set_jwks(keys),
-                    jwks_fetched: Instant::now(),
+                    jwks_fetched: (self.clock)(),
                 });
                 *self.current.write().expect("lock poisoned") = Some(d.clone());
                 tracing::info!("JWKS refetched after an unknown key id");
@@ -747,6 +768,19 @@ pub fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_debug_keeps_the_tokens_out() {
+        let id = Identity {
+            email: "a@example.com".into(),
+            access_token: Some("at-secret".into()),
+            id_token: Some("idt-secret".into()),
+            refresh_token: Some("rt-secret".into()),
+            ..Default::default()
+        };
+        let text = format!("{id:?}");
+        assert!(text.contains("a@example.com") && !text.contains("secret"), "{text}");
+    }
     use crate::client_auth::ClientAuth;
     use openidconnect::core::{CoreJsonWebKeySet, CoreRsaPrivateSigningKey};
     use openidconnect::{JsonWebKeyId, PrivateSigningKey};
@@ -803,7 +837,7 @@ mod tests {
         .set_jwks(jwks);
         Discovered {
             metadata,
-            jwks_fetched: Instant::now(),
+            jwks_fetched: SystemTime::now(),
         }
     }
 
@@ -961,7 +995,7 @@ mod tests {
         d.metadata = d
             .metadata
             .set_jwks_uri(JsonWebKeySetUrl::new(format!("http://{addr}/jwks")).unwrap());
-        d.jwks_fetched = Instant::now() - Duration::from_secs(60);
+        d.jwks_fetched = SystemTime::now() - Duration::from_secs(60);
         let d = Arc::new(d);
         *o.current.write().unwrap() = Some(d.clone());
         let rotated = sign(

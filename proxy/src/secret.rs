@@ -1,9 +1,10 @@
 //! Secrets that never print: `Debug` is redacted and the value is reached only through
-//! [`Secret::expose`], which makes every use easy to find in review.
+//! [`Secret::expose`], which makes every use easy to find in review. No `PartialEq`: a
+//! secret is compared with [`Secret::ct_eq`], in constant time.
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
@@ -13,6 +14,13 @@ impl<T> Secret<T> {
 
     pub fn expose(&self) -> &T {
         &self.0
+    }
+}
+
+impl<T: AsRef<[u8]>> Secret<T> {
+    /// Equal to `other`, compared in constant time (for equal lengths).
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.0.as_ref(), other).into()
     }
 }
 
@@ -29,5 +37,6 @@ mod tests {
         let s = super::Secret::new("hunter2".to_string());
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
         assert_eq!(s.expose(), "hunter2");
+        assert!(s.ct_eq(b"hunter2") && !s.ct_eq(b"hunter3") && !s.ct_eq(b"hunter"));
     }
 }

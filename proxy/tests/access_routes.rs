@@ -3,9 +3,7 @@
 //! exactly that path. The echo upstream shows what arrived; a real Tomcat 10 shows what a
 //! servlet container makes of `;` path parameters.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 async fn proxy() -> (Proxy, Upstream) {
     let upstream = Upstream::start().await;

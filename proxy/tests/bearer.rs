@@ -1,11 +1,9 @@
 //! End-to-end: bearer JWTs for API clients (`skip_jwt_bearer_tokens`, `extra_jwt_issuers`)
 //! verified against real providers' JWKS; no session is created for them.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// A provider, a proxy in front of `upstream` for it, and an ID token from a real login.
 struct Issued {

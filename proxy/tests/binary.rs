@@ -3,13 +3,11 @@
 //! oauth2-proxy configurations load, `--help` is organised, JSON logs have one line per
 //! request and never contain secrets, and SIGTERM shuts down cleanly.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidekey-proxy");
 

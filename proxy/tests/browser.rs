@@ -1,9 +1,7 @@
 //! A real browser (Debian's chromium, driven by playwright-core) signs in through the
 //! proxy's sign-in page, the real IdP's login and consent forms, and lands on the app.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn chromium_signs_in_and_sees_the_app() {

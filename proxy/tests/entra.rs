@@ -8,12 +8,10 @@
 //! `transitiveMemberOf`. The "cluster" is [`ClusterIssuer`]: discovery + JWKS on loopback and
 //! tokens shaped like the kube-apiserver's, written to a file as the kubelet would.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const TENANT_A: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
 const TENANT_B: &str = "bbbbbbbb-0000-4000-8000-00000000000b";

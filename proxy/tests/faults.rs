@@ -4,17 +4,13 @@
 //! promises. Sessions are sealed by the test (it knows the cookie secret), so no identity
 //! provider is involved.
 
-#[path = "support/h2_frames.rs"]
-mod h2_frames;
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use h2_frames as h2;
+use crate::support::h2_frames as h2;
+use crate::support::*;
 use sidekey_proxy::server::{HEADER_READ_TIMEOUT, MAX_PENDING_HEADS};
 use sidekey_proxy::session::Session;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

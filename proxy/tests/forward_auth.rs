@@ -2,9 +2,7 @@
 //! forwarding headers, and sign-out, against the real OpenID provider. The test plays the
 //! front end here; `front_ends.rs` runs real nginx and Caddy.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Env {
     idp: Idp,

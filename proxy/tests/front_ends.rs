@@ -2,13 +2,11 @@
 //! a real login through the front end, then what the protected app receives. The configs
 //! are the ones `docs/front-ends.md` gives users.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// A front-end process, killed on drop.
 struct FrontEnd {

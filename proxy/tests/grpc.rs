@@ -1,16 +1,14 @@
 //! End-to-end: a gRPC-shaped exchange (HTTP/2, `te: trailers`, response trailers) from an
 //! h2c client through the proxy to an `h2c://` upstream (oauth2-proxy#3277).
 
-mod support;
-
 use std::convert::Infallible;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
 
 /// An h2c-only server answering like a gRPC service, reporting what it received in a
 /// response header.

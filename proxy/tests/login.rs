@@ -1,13 +1,11 @@
 //! End-to-end: the proxy against the real OpenID provider, with a cookie jar standing in
 //! for the browser, and an upstream that reports what it received.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use sidekey_proxy::session::LoginState;
 use sidekey_proxy::session::codec::{Purpose, Sealer};
-use support::*;
 
 struct Env {
     idp: Idp,

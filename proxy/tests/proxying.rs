@@ -2,12 +2,10 @@
 //! no identity provider is needed: streaming, WebSockets, upstream failures, static and
 //! file upstreams, graceful shutdown.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use sidekey_proxy::session::Session;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn session_cookie() -> String {

@@ -1,13 +1,11 @@
 //! End-to-end: the Redis session store against a real `redis-server` (Debian) on a free
 //! loopback port, and the real OpenID provider.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// A redis-server with append-only persistence in a temp dir, so it can be restarted on
 /// the same port with its data (a Redis restart must not sign anyone out).

@@ -9,15 +9,13 @@
 //! on start and sign-out, and the post-logout redirect sent to the provider
 //! (`--oidc-logout`).
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use crate::support::*;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use sidekey_proxy::config::{Config, load};
 use sidekey_proxy::session::LoginState;
 use sidekey_proxy::session::codec::{Purpose, Sealer};
-use support::*;
 
 /// Loopback is a trusted front end by default, so `X-Auth-Request-Redirect` is honoured.
 const FLAGS: [&str; 3] = [

@@ -2,11 +2,9 @@
 //! live session, health-check User-Agents on protected paths, chunked cookies reordered or
 //! cut, cookies sealed with another secret or for another purpose, oversize cookie headers.
 
-mod support;
-
+use crate::support::*;
 use sidekey_proxy::session::LoginState;
 use sidekey_proxy::session::codec::{Purpose, Sealer};
-use support::*;
 
 struct Env {
     _idp: Idp,

@@ -5,13 +5,11 @@
 //! WebSocket tunnel carries WebSocket frames to the endpoint that accepted it and nothing
 //! else. Raw sockets throughout, so no client library tidies the requests first.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use sidekey_proxy::session::Session;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

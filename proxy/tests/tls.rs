@@ -1,17 +1,14 @@
 //! End-to-end: the HTTPS listener (rustls), ALPN, minimum version, certificate files
 //! reloaded on change without dropping open connections, and slow h2 heads over TLS.
 
-#[path = "support/h2_frames.rs"]
-mod h2_frames;
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::h2_frames;
+use crate::support::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 

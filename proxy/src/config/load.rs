@@ -33,8 +33,9 @@ pub enum Origin {
     Flag,
 }
 
-/// Raw values by TOML key, after precedence has been applied.
-#[derive(Debug, Default)]
+/// Raw values by TOML key, after precedence has been applied. Its `Debug` names the keys and
+/// where each came from, never a value: secrets arrive here as plain text.
+#[derive(Default)]
 pub struct Values {
     map: HashMap<&'static str, (Value, Origin)>,
     /// What loading found without refusing it (unknown environment variables); `Config`
@@ -42,6 +43,17 @@ pub struct Values {
     pub warnings: Vec<String>,
     /// The variables Azure workload identity's webhook (or a hand-written pod spec) sets.
     pub azure: AzureEnv,
+}
+
+impl std::fmt::Debug for Values {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: std::collections::BTreeMap<_, _> = self.map.iter().map(|(k, (_, origin))| (*k, origin)).collect();
+        f.debug_struct("Values")
+            .field("keys", &keys)
+            .field("warnings", &self.warnings)
+            .field("azure", &self.azure)
+            .finish()
+    }
 }
 
 /// `AZURE_*` environment variables, read as the Azure SDKs read them.

@@ -148,8 +148,9 @@ pub struct AuthzConfig {
     pub allowed_groups: Vec<String>,
 }
 
-/// `session_store_type = "redis"`: where sessions live and how to reach them.
-#[derive(Clone, Debug)]
+/// `session_store_type = "redis"`: where sessions live and how to reach them. Its `Debug`
+/// leaves the passwords out, those in the URLs too.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis_connection_url` (may carry credentials: never logged).
     pub url: String,
@@ -164,6 +165,36 @@ pub struct RedisConfig {
     /// Connect and command timeout.
     pub timeout: Duration,
     pub idle_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls = |l: &[String]| l.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("sentinel_master", &self.sentinel_master)
+            .field("sentinel_urls", &urls(&self.sentinel_urls))
+            .field("sentinel_password", &self.sentinel_password)
+            .field("cluster_urls", &urls(&self.cluster_urls))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("timeout", &self.timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+/// A URL with its password (if any) replaced, for logs and `Debug`.
+fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "[not a URL]".into(),
+    }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -790,3 +790,24 @@ fn a_toml_syntax_error_names_the_line_but_never_quotes_it() {
     assert!(text.contains("proxy.cfg") && text.contains("line 2"), "{text}");
     assert!(!text.contains("s3cr3t"), "the secret's line is quoted: {text}");
 }
+
+#[test]
+fn no_secret_prints_in_debug() {
+    let mut args = base_args();
+    args.extend([
+        "--session-store-type=redis",
+        "--redis-connection-url=rediss://app:redispass@redis.example.com:6380/0",
+        "--redis-password=redispass2",
+    ]);
+    let inv = load(args.iter().map(|s| s.to_string()), env(&[])).unwrap();
+    let cfg = Config::from_values(&inv.values).unwrap();
+    for (what, text) in [("Invocation", format!("{inv:?}")), ("Config", format!("{cfg:?}"))] {
+        for secret in ["s3cret", SECRET_44, "redispass"] {
+            assert!(!text.contains(secret), "{what} Debug prints {secret}: {text}");
+        }
+    }
+    assert!(
+        format!("{cfg:?}").contains("rediss://app:redacted@redis.example.com:6380/0"),
+        "{cfg:?}"
+    );
+}

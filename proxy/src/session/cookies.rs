@@ -94,22 +94,46 @@ pub fn is_proxy_cookie(cookie_name: &str, candidate: &str) -> bool {
         || rest.ends_with("_csrf")
 }
 
-/// The `Cookie` header to send upstream without the proxy's cookies, or `None` to drop it.
+/// The `Cookie` header to send upstream without the proxy's cookies, or `None` to leave the
+/// request's as they are. Every other cookie goes on exactly as the client sent it: its
+/// quotes, spacing, a pair without `=`, bytes that are not UTF-8. Only our own pairs are cut
+/// out, and several `Cookie` headers (HTTP/2) become one, joined by `; ` (RFC 9113 8.2.3).
 pub fn strip_proxy_cookies(headers: &HeaderMap, cookie_name: &str) -> Option<Option<HeaderValue>> {
-    let cookies = RequestCookies::parse(headers);
-    if !cookies.names().any(|n| is_proxy_cookie(cookie_name, n)) {
+    let ours = |segment: &[u8]| {
+        let Some(eq) = segment.iter().position(|b| *b == b'=') else {
+            return false;
+        };
+        std::str::from_utf8(&segment[..eq]).is_ok_and(|name| is_proxy_cookie(cookie_name, name.trim()))
+    };
+    let values: Vec<&HeaderValue> = headers.get_all(header::COOKIE).iter().collect();
+    if !values.iter().any(|v| v.as_bytes().split(|b| *b == b';').any(ours)) {
         return None; // nothing to change
     }
-    let kept: Vec<String> = cookies
-        .pairs
-        .iter()
-        .filter(|(n, _)| !is_proxy_cookie(cookie_name, n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
-    Some(if kept.is_empty() {
+    let mut out: Vec<u8> = Vec::new();
+    for value in values {
+        let mut first = true;
+        for segment in value.as_bytes().split(|b| *b == b';').filter(|s| !ours(s)) {
+            // The header's first pair loses the space that followed the `;` cut before it.
+            let segment = if first { segment.trim_ascii_start() } else { segment };
+            if first {
+                if segment.trim_ascii().is_empty() {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.extend_from_slice(b"; ");
+                }
+                first = false;
+            } else {
+                out.push(b';');
+            }
+            out.extend_from_slice(segment);
+        }
+    }
+    let out = out.trim_ascii_end();
+    Some(if out.is_empty() {
         None
     } else {
-        HeaderValue::from_str(&kept.join("; ")).ok()
+        Some(HeaderValue::from_bytes(out).expect("pieces of header values are header value bytes"))
     })
 }
 
@@ -311,6 +335,35 @@ mod tests {
         assert_eq!(kept, "a=1; _oauth2_proxy_extra=keep; b=2");
         assert_eq!(strip_proxy_cookies(&headers("_oauth2_proxy=s"), "_oauth2_proxy"), Some(None));
         assert_eq!(strip_proxy_cookies(&headers("a=1"), "_oauth2_proxy"), None);
+    }
+
+    #[test]
+    fn the_apps_cookies_go_upstream_byte_for_byte() {
+        let strip = |h: &HeaderMap| strip_proxy_cookies(h, "_oauth2_proxy").unwrap().map(|v| v.as_bytes().to_vec());
+        for (sent, upstream) in [
+            // Quotes are part of the value the app set; a pair without `=` is the app's too.
+            (r#"q="a b"; _oauth2_proxy=s; flag; e="""#, r#"q="a b"; flag; e="""#),
+            ("_oauth2_proxy=s; a=1;b=2 ;  c = 3", "a=1;b=2 ;  c = 3"),
+            ("a=1; _oauth2_proxy_0=x; _oauth2_proxy_1=y", "a=1"),
+            ("a=1;; _oauth2_proxy=s; =v", "a=1;; =v"),
+            ("  _oauth2_proxy=s;   ", ""),
+        ] {
+            let want = (!upstream.is_empty()).then(|| upstream.as_bytes().to_vec());
+            assert_eq!(strip(&headers(sent)), want, "{sent:?}");
+        }
+        // Not UTF-8: still forwarded, not dropped.
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_bytes(b"n=caf\xe9; _oauth2_proxy=s").unwrap());
+        assert_eq!(strip(&h), Some(b"n=caf\xe9".to_vec()));
+        // Several headers (HTTP/2) become one, each header's pairs as they were.
+        let mut h = headers("_oauth2_proxy=s; a=\"1\"");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2;c"));
+        h.append(header::COOKIE, HeaderValue::from_static("_oauth2_proxy_csrf=t"));
+        assert_eq!(strip(&h), Some(b"a=\"1\"; b=2;c".to_vec()));
+        // A header without our cookies in any of them is left alone (several stay several).
+        let mut h = headers("a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=\"2\""));
+        assert_eq!(strip_proxy_cookies(&h, "_oauth2_proxy"), None);
     }
 
     #[test]

@@ -25,11 +25,18 @@ use super::Session;
 use super::codec::{Purpose, Sealer};
 use crate::config::RedisConfig;
 
-/// What the session cookie carries with the Redis store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the session cookie carries with the Redis store: the session's key in Redis and the
+/// key it is sealed with there. Neither prints.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Ticket {
     pub id: [u8; 16],
     pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket([redacted])")
+    }
 }
 
 impl Ticket {
@@ -505,6 +512,12 @@ fn refresh_lock_key(cookie_name: &str, t: &Ticket) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ticket_never_prints() {
+        let t = Ticket::new();
+        assert_eq!(format!("{t:?}"), "Ticket([redacted])");
+    }
 
     fn cookie_store() -> Sessions {
         Sessions::new("_oauth2_proxy", &[7u8; 32], None)

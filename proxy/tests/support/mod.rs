@@ -1,7 +1,6 @@
 //! Test peers: the real OpenID provider (node + oidc-provider), an in-process upstream that
 //! echoes what it received, and the proxy itself on a free loopback port; real Tomcat in
 //! `tomcat.rs`.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -23,14 +22,12 @@ use sidekey_proxy::config::{Config, load};
 use sidekey_proxy::oidc::Clock;
 use tokio::net::TcpListener;
 
-mod scripted_idp;
-#[allow(unused_imports)] // not every test binary uses it
-pub use scripted_idp::*;
+pub mod h2_frames;
 mod hypercorn;
-#[allow(unused_imports)] // not every test binary uses it
-pub use hypercorn::*;
+mod scripted_idp;
 mod tomcat;
-#[allow(unused_imports)] // not every test binary uses it
+pub use hypercorn::*;
+pub use scripted_idp::*;
 pub use tomcat::*;
 
 pub const COOKIE_SECRET: &str = "kWLVCNcSNRuhD1mwXR8ExoBRH8hjQCxDdQz9IMxbG5E=";
@@ -50,7 +47,6 @@ pub struct Idp {
     pub issuer: String,
     /// `http://127.0.0.1:<port>`; Entra-shaped tenants live below it.
     pub base: String,
-    pub port: u16,
     child: Child,
 }
 
@@ -115,7 +111,6 @@ impl Idp {
         Idp {
             issuer: info["issuer"].as_str().unwrap().to_string(),
             base: info["base"].as_str().unwrap().to_string(),
-            port: info["port"].as_u64().unwrap() as u16,
             child,
         }
     }
@@ -257,15 +252,6 @@ impl Proxy {
         a
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-
     pub fn trigger_stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -285,7 +271,6 @@ impl Drop for Proxy {
 /// 500 ms; `/ws` accepts an upgrade and echoes bytes.
 pub struct Upstream {
     pub url: String,
-    pub addr: SocketAddr,
     /// Notified when a `/slow` request has arrived.
     pub slow_started: Arc<tokio::sync::Notify>,
     /// The request URIs received, in order.
@@ -319,7 +304,6 @@ impl Upstream {
         });
         Upstream {
             url: format!("http://{addr}/"),
-            addr,
             slow_started,
             seen,
         }

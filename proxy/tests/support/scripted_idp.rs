@@ -147,10 +147,6 @@ impl ScriptedIdp {
         self.script.jwks_fetches.load(Ordering::SeqCst)
     }
 
-    pub fn token_requests(&self) -> usize {
-        self.script.token_requests.load(Ordering::SeqCst)
-    }
-
     /// The claims a correct provider issues for alice at `now`, for `nonce`.
     pub fn good_claims(&self, nonce: &str) -> serde_json::Value {
         good_claims(&self.issuer, nonce)
