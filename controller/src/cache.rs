@@ -69,7 +69,7 @@ pub fn annotated_by<K: kube::Resource>(obj: &K, policy: &str) -> bool {
     obj.meta()
         .annotations
         .as_ref()
-        .and_then(|a| a.get(crate::resolve::ANNOTATION_POLICY))
+        .and_then(|a| a.get(crate::names::ANNOTATION_POLICY))
         .is_some_and(|p| p == policy)
 }
 
@@ -204,7 +204,7 @@ impl StoreIndex {
     pub fn apply(&mut self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
         let key = ObjKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
         self.by_namespace.entry(key.namespace.clone()).or_default().insert(key.name.clone());
-        let policy = meta.annotations.as_ref().and_then(|a| a.get(crate::resolve::ANNOTATION_POLICY));
+        let policy = meta.annotations.as_ref().and_then(|a| a.get(crate::names::ANNOTATION_POLICY));
         if self.policy_of.get(&key) != policy {
             self.forget_policy(&key);
             if let Some(p) = policy {

@@ -7,17 +7,12 @@
 //! volumes as compact JSON text for the "already applied?" check; the rest is dropped while
 //! decoding, managed fields and other tools' annotations included.
 
+use crate::names::{ANNOTATION_PREFIX, CONTAINER_NAME, PROVIDER_CA_VOLUME, TOKEN_VOLUME};
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
-
-use crate::render::{CONTAINER_NAME, PROVIDER_CA_VOLUME, TOKEN_VOLUME};
-
-/// Annotations under this prefix are sidekey's; others (kubectl's last-applied
-/// configuration can be as large as the object) are not kept.
-const OUR_ANNOTATIONS: &str = "sidekey.dev/";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Deployment {
@@ -140,9 +135,11 @@ fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Only sidekey's annotations are kept: others (kubectl's last-applied configuration can be
+/// as large as the object) would only cost memory.
 fn our_annotations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
     let all = Option::<BTreeMap<String, String>>::deserialize(d)?;
-    Ok(all.map(|a| a.into_iter().filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS)).collect()))
+    Ok(all.map(|a| a.into_iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).collect()))
 }
 
 fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
@@ -150,7 +147,7 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     m.managed_fields = None;
     m.labels = None;
     if let Some(a) = m.annotations.take() {
-        m.annotations = Some(a.into_iter().filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS)).collect());
+        m.annotations = Some(a.into_iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).collect());
     }
     Ok(m)
 }

@@ -1,9 +1,21 @@
 //! sidekey-controller: puts sidekey-proxy in front of the workloads an `AuthPolicy` targets.
 //!
-//! The pure core ([`resolve`], [`render`], [`validate`], [`plan`], [`pod_state`]) works over a
-//! snapshot of cached objects and never touches the network, so the same code serves the
-//! controller, the offline `render` command and the tests. [`reconcile`] and [`runtime`] are
-//! the thin I/O shell.
+//! The modules, bottom-up (each uses only those above it in this list):
+//!
+//! - Types and names: [`api`] (the AuthPolicy CRD) · [`names`] (every name sidekey writes
+//!   into others' objects) · [`deployment`], [`gateway`] (the fields read from Deployments
+//!   and Gateway API routes) · [`merge`] (server-side apply's list merging, for our
+//!   patches) · [`metrics`] · [`write_gate`] (fencing by the Lease).
+//! - The pure core, over a snapshot of cached objects, never touching the network: [`cache`]
+//!   (read access to that snapshot) · [`resolve`] (policy → routes → Services →
+//!   Deployments) · [`render`] (→ the patches) · [`validate`] (checks the schema cannot
+//!   make) · [`schema_check`] (the CRD schema's verdict, offline) · [`pod_state`] (why a
+//!   sidecar is not running) · [`plan`] (the writes and the status of one reconcile).
+//! - The shells: [`offline`] (`render` and `validate` over files) · [`reconcile`] (executes
+//!   a plan against the API server) · [`runtime`] (watches, the controller loop, leader
+//!   election, the health and metrics endpoint).
+//!
+//! The same core serves the controller, the offline commands and the tests.
 
 pub mod api;
 pub mod cache;
@@ -11,6 +23,7 @@ pub mod deployment;
 pub mod gateway;
 pub mod merge;
 pub mod metrics;
+pub mod names;
 pub mod offline;
 pub mod plan;
 pub mod pod_state;

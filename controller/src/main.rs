@@ -198,9 +198,13 @@ fn main() -> ExitCode {
                 .expect("tokio runtime");
             match rt.block_on(runtime::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(runtime::RunError::LostLeadership) => {
+                    tracing::error!("lost leadership; exiting so the new leader runs alone");
+                    ExitCode::from(1)
+                }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "controller failed");
-                    ExitCode::FAILURE
+                    tracing::error!(error = %e, "controller failed");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! What one reconcile must do — the writes and the status — decided from cached state
 //! alone. Pure: the reconciler executes a [`Plan`]; `render` previews one; tests assert on it.
 
+use crate::names::{ANNOTATION_ORIGINAL_PORTS, ANNOTATION_REVERTS};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::deployment::Deployment;
@@ -12,9 +13,7 @@ use crate::api::{AuthPolicy, AuthPolicyStatus, DEFAULT_AUDIENCE, TargetState, Wo
 use crate::cache::{Cache, ObjKey};
 use crate::merge;
 use crate::render::{self, RenderOptions};
-use crate::resolve::{self, ANNOTATION_ORIGINAL_PORTS, Resolution, Touched};
-
-pub const FINALIZER: &str = "sidekey.dev/cleanup";
+use crate::resolve::{self, Resolution, Touched};
 
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
@@ -29,10 +28,6 @@ pub mod reason {
     pub const SIDECAR_FAILING: &str = "SidecarFailing";
 }
 
-/// On a Service we switched: how often someone put its targetPort back, and since when
-/// (JSON `{"count": n, "since": "<RFC 3339>"}`). Kept on the object, so a restarted
-/// controller still knows it is in a fight.
-pub const ANNOTATION_REVERTS: &str = "sidekey.dev/reverts";
 /// Re-switches allowed within [`REVERT_WINDOW`]; one more revert and sidekey stops
 /// re-applying and says why, instead of fighting another tool in a hot loop.
 pub const MAX_RESWITCHES: u32 = 3;

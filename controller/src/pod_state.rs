@@ -2,9 +2,8 @@
 //! is pending: a crash loop, a refused image, a bad container config. Pure; the reconciler
 //! lists the Pods.
 
+use crate::names::CONTAINER_NAME;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-
-use crate::render::CONTAINER_NAME;
 
 /// Waiting reasons that will not resolve by waiting.
 const STUCK: &[&str] = &[

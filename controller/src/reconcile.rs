@@ -2,6 +2,7 @@
 //! policy is deleted. Every request is a write (reads come from the cache), which is what the
 //! mock-API tests count.
 
+use crate::names::{ANNOTATION_POLICY, COOKIE_SECRET_KEY, FIELD_MANAGER, FINALIZER, LABEL_POLICY_NAME};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,8 +22,8 @@ use thiserror::Error;
 use crate::api::AuthPolicy;
 use crate::cache::{Cache, ObjKey};
 use crate::metrics::Metrics;
-use crate::plan::{self, FINALIZER, Plan};
-use crate::render::{self, COOKIE_SECRET_KEY, FIELD_MANAGER, RenderOptions};
+use crate::plan::{self, Plan};
+use crate::render::{self, RenderOptions};
 use crate::resolve::Touched;
 use crate::validate::validate;
 
@@ -500,9 +501,9 @@ async fn create_cookie_secret(policy: &AuthPolicy, skey: &ObjKey, ctx: &Context)
             // No Argo CD tracking labels: Argo CD must not prune what it did not create.
             "labels": {
                 "app.kubernetes.io/managed-by": FIELD_MANAGER,
-                "sidekey.dev/policy-name": policy.name_any(),
+                LABEL_POLICY_NAME: policy.name_any(),
             },
-            "annotations": {"sidekey.dev/policy": ObjKey::of(policy).to_string()},
+            "annotations": {ANNOTATION_POLICY: ObjKey::of(policy).to_string()},
         },
         "type": "Opaque",
     }))

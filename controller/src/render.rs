@@ -1,6 +1,10 @@
 //! Policy + resolved workload → the server-side-apply patches that hold only sidekey's fields.
 //! Pure: golden-file tested, and shared by the controller and `sidekey-controller render`.
 
+use crate::names::{
+    ANNOTATION_CONFIG_HASH, ANNOTATION_ORIGINAL_PORTS, ANNOTATION_POLICY, CONTAINER_NAME, COOKIE_SECRET_KEY, PROVIDER_CA_DIR,
+    PROVIDER_CA_VOLUME, SIDECAR_PORT_NAME, TOKEN_DIR, TOKEN_VOLUME,
+};
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
@@ -8,18 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{AuthPolicy, DEFAULT_AUDIENCE, DEFAULT_TOKEN_EXPIRATION, ProviderType, SecretKeyRef, StoreType};
 use crate::cache::{Cache, ObjKey};
-use crate::resolve::{ANNOTATION_ORIGINAL_PORTS, ANNOTATION_POLICY, SIDECAR_PORT_NAME, Workload, port_key};
-
-pub const FIELD_MANAGER: &str = "sidekey-controller";
-pub const CONTAINER_NAME: &str = "sidekey-proxy";
-pub const TOKEN_VOLUME: &str = "sidekey-token";
-/// Our own path: never the Azure webhook's `azure-identity-token` volume or its mount path.
-pub const TOKEN_DIR: &str = "/var/run/secrets/sidekey/serviceaccount";
-/// The provider CA bundle (`provider.caBundle`), mounted read-only into the sidecar.
-pub const PROVIDER_CA_VOLUME: &str = "sidekey-provider-ca";
-pub const PROVIDER_CA_DIR: &str = "/etc/sidekey/provider-ca";
-pub const ANNOTATION_CONFIG_HASH: &str = "sidekey.dev/config-hash";
-pub const COOKIE_SECRET_KEY: &str = "cookie-secret";
+use crate::resolve::{Workload, port_key};
 
 /// Native sidecars (an init container with `restartPolicy: Always`) need Kubernetes ≥ 1.29.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

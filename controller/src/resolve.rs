@@ -1,5 +1,6 @@
 //! Policy → routes → Services → Deployments → ports, over cached state. Pure.
 
+use crate::names::{ANNOTATION_ORIGINAL_PORTS, SIDECAR_PORT_NAME};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -10,13 +11,6 @@ use kube::ResourceExt;
 
 use crate::api::{AuthPolicy, GATEWAY_GROUP, TargetRef, TargetState, TargetStatus};
 use crate::cache::{Cache, ObjKey};
-
-/// The sidecar's container port name; retargeted Services point at it.
-pub const SIDECAR_PORT_NAME: &str = "sidekey-http";
-/// On a retargeted Service: `{"<port>/<protocol>": <original targetPort>}`.
-pub const ANNOTATION_ORIGINAL_PORTS: &str = "sidekey.dev/original-target-ports";
-/// On patched objects: the policy (`namespace/name`) that owns sidekey's fields.
-pub const ANNOTATION_POLICY: &str = "sidekey.dev/policy";
 
 /// A Service port that leads to a Deployment.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

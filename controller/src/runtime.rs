@@ -299,7 +299,32 @@ pub fn parse_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Op
     Some((digits(&info.major)?, digits(&info.minor)?))
 }
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Why [`run`] ended without being asked to. `main` turns each into the process's exit.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on --metrics-address {addr}: {source}")]
+    MetricsAddress { addr: SocketAddr, source: std::io::Error },
+    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    #[error("the Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    /// Another replica holds the Lease: this one stopped writing and ends, so the new leader
+    /// runs alone (the kubelet restarts it as a standby).
+    #[error("lost leadership: another replica holds the Lease")]
+    LostLeadership,
+}
+
+impl RunError {
+    /// The exit status: 2 for a setting to fix, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::MetricsAddress { .. } | RunError::KubeConfig(_) => 2,
+            RunError::Api(_) | RunError::LostLeadership => 1,
+        }
+    }
+}
+
+pub async fn run(settings: Settings) -> Result<(), RunError> {
     let gate = if settings.leader_election {
         WriteGate::closed()
     } else {
@@ -311,7 +336,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicU8::new(Phase::Starting as u8));
     let stopping = Stopping::on_signals();
-    tokio::spawn(serve_health(settings.metrics_address, metrics.clone(), ready.clone()));
+    let addr = settings.metrics_address;
+    let health = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::MetricsAddress { addr, source })?;
+    tokio::spawn(serve_health(health, metrics.clone(), ready.clone()));
 
     let version = client.apiserver_version().await.ok();
     let mode = sidecar_mode(&settings.sidecar_mode, version.as_ref().and_then(parse_version));
@@ -323,7 +352,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.leader_election {
         ready.store(Phase::Standby as u8, Ordering::Relaxed);
         tokio::select! {
-            acquired = leader::acquire(&client, &settings.lease_namespace, &settings.identity, &gate) => acquired?,
+            () = leader::acquire(&client, &settings.lease_namespace, &settings.identity, &gate) => {}
             () = stopping.wait() => {
                 tracing::info!("stopped while standing by");
                 return Ok(());
@@ -331,13 +360,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         ready.store(Phase::Starting as u8, Ordering::Relaxed);
     }
+    // Ends only when another replica has taken the Lease (with this replica's writes stopped).
+    let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
     let renewing = settings.leader_election.then(|| {
-        tokio::spawn(leader::renew(
+        let renew = leader::renew(
             client.clone(),
             settings.lease_namespace.clone(),
             settings.identity.clone(),
             gate.clone(),
-        ))
+        );
+        tokio::spawn(async move {
+            renew.await;
+            let _ = lost_tx.send(());
+        })
     });
 
     if !wait_for_policy_crd(&client, &ready, &stopping).await {
@@ -430,7 +465,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(readiness);
-    running.await;
+    tokio::select! {
+        () = running => {}
+        Ok(()) = lost => return Err(RunError::LostLeadership),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -740,16 +778,9 @@ pub fn readyz(phase: u8) -> (u16, &'static str) {
     }
 }
 
-async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicU8>) {
+async fn serve_health(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicU8>) {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, service::service_fn};
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot bind the metrics address");
-            std::process::exit(2);
-        }
-    };
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let (metrics, ready) = (metrics.clone(), ready.clone());
@@ -781,8 +812,8 @@ async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<Atomic
 }
 
 /// Leader election on a `coordination.k8s.io` Lease, client-go style: acquire when free or
-/// expired, renew every 5 s, and exit if another replica took the Lease (the kubelet restarts
-/// this one as a follower). Optimistic concurrency (resourceVersion) makes two replicas never
+/// expired, renew every 5 s, and end [`run`] if another replica took the Lease (the kubelet
+/// restarts this one as a follower). Optimistic concurrency (resourceVersion) makes two replicas never
 /// both win. A renewal that cannot reach the API server does not end the process: the
 /// [`WriteGate`] stops this replica's writes before the Lease could expire, and the next
 /// successful renewal reopens it.
@@ -873,7 +904,8 @@ pub mod leader {
         }
     }
 
-    pub async fn acquire(client: &Client, ns: &str, me: &Holder, gate: &WriteGate) -> anyhow::Result<()> {
+    /// Returns once `me` holds the Lease (retrying every 2 s while another replica does).
+    pub async fn acquire(client: &Client, ns: &str, me: &Holder, gate: &WriteGate) {
         let api: Api<Lease> = Api::namespaced(client.clone(), ns);
         tracing::info!(lease = LEASE_NAME, namespace = ns, identity = me.name, "waiting for leadership");
         loop {
@@ -882,7 +914,7 @@ pub mod leader {
                 Ok(true) => {
                     gate.renewed(sent, validity());
                     tracing::info!(identity = me.name, "became leader");
-                    return Ok(());
+                    return;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "leader election"),
@@ -891,6 +923,7 @@ pub mod leader {
         }
     }
 
+    /// Renews the Lease until another replica has taken it: then closes the gate and returns.
     pub async fn renew(client: Client, ns: String, me: Holder, gate: WriteGate) {
         let api: Api<Lease> = Api::namespaced(client, &ns);
         let mut failing = false;
@@ -907,8 +940,7 @@ pub mod leader {
                 }
                 Ok(false) => {
                     gate.close();
-                    tracing::error!("lost leadership; exiting so the new leader runs alone");
-                    std::process::exit(1);
+                    return;
                 }
                 Err(e) => {
                     if !failing || !gate.is_open() {

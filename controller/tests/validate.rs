@@ -302,3 +302,28 @@ fn render_refuses_with_the_reasons_on_stderr_and_nothing_on_stdout() {
         "authpolicy/default/unknown-field-provider: .spec.provider.foo: field not declared in schema\n"
     );
 }
+
+#[test]
+fn a_busy_metrics_address_exits_2_naming_the_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    // A client configuration that parses; the address is checked before any API request.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sidekey-controller"))
+        .args(["--metrics-address", &addr, "--leader-election=false"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    // The controller logs JSON lines on stdout.
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("cannot listen on --metrics-address") && log.contains(&addr), "{log}");
+}

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::oidc::{Oidc, OidcError, decode_payload};
+use crate::jwt::decode_payload;
+use crate::oidc::{Oidc, OidcError};
 use crate::session::Session;
 
 pub struct BearerVerifier {

@@ -170,7 +170,7 @@ pub struct AssertionClaims {
 }
 
 pub fn inspect(jwt: &str) -> Option<AssertionClaims> {
-    let claims = crate::oidc::decode_payload(jwt)?;
+    let claims = crate::jwt::decode_payload(jwt)?;
     let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let aud = match claims.get("aud") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],

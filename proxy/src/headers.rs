@@ -7,6 +7,21 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use crate::config::HeaderConfig;
 use crate::session::Session;
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy. `HTTP2-Settings` belongs to
+/// an h2c upgrade (RFC 7540 §3.2), which is never passed on.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+];
+
 /// Every identity header the proxy may set, in canonical lower-case form.
 pub const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-user",
@@ -76,7 +91,7 @@ pub fn remove_connection_nominated(headers: &mut HeaderMap, client_ip_header: &H
         .flat_map(|v| v.split(','))
         .map(str::trim)
         // Left for the upstream code (above); checked first, the usual `keep-alive` costs nothing.
-        .filter(|t| !crate::upstream::HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !kept(n.as_str()))
         .collect();

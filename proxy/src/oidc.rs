@@ -673,7 +673,7 @@ impl Oidc {
             }
             other => OidcError::InvalidIdToken(other.to_string()),
         })?;
-        let claims = decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
+        let claims = crate::jwt::decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
         // openidconnect checks `exp` only; a token from the future is as wrong as an expired one.
         let latest = unix((self.clock)() + CLOCK_SKEW);
         for claim in ["nbf", "iat"] {
@@ -751,19 +751,6 @@ impl Oidc {
 }
 
 const NO_MATCHING_KEY: &str = "no key in the provider's JWKS matches the token's key id";
-
-/// A JWT's payload, NOT verified: callers either verified the signature first or only use it
-/// to describe the token.
-pub fn decode_payload(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let payload = raw.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        serde_json::Value::Object(m) => Some(m),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -50,7 +50,6 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
     /// Client connections open on this worker.
     static OPEN: Cell<usize> = const { Cell::new(0) };
     /// Whether a connection opened since the last check.
@@ -110,17 +109,6 @@ pub fn worker_count(configured: usize) -> usize {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
-}
-
-/// The worker running on this thread (0 on the main thread and anywhere else), so that
-/// per-worker state such as the upstream connection pools stays thread-local.
-pub fn current_worker() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// Marks this thread as worker `index`.
-pub fn set_current_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
 }
 
 /// `n` listening sockets on `addr` with `SO_REUSEPORT`, the kernel spreading connections

@@ -33,7 +33,7 @@ pub enum UpstreamError {
 
 pub struct Upstreams {
     routes: Vec<Upstream>,
-    /// One pool per server worker ([`crate::server::current_worker`]): a pooled connection's
+    /// One pool per server worker ([`crate::worker::current`]): a pooled connection's
     /// task lives on the worker that opened it, so sharing pools across workers would turn
     /// every request into cross-thread wake-ups.
     pools: Vec<Pools>,
@@ -45,21 +45,6 @@ struct Pools {
     /// HTTP/2 with prior knowledge for `h2c://` upstreams (gRPC without TLS).
     h2c: Client<HttpsConnector, Incoming>,
 }
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy. `HTTP2-Settings` belongs to
-/// an h2c upgrade (RFC 7540 §3.2), which is never passed on.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-    "http2-settings",
-];
 
 impl Upstreams {
     pub fn new(routes: Vec<Upstream>, timeout: Duration, workers: usize) -> Result<Self, String> {
@@ -153,7 +138,7 @@ impl Upstreams {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         // The headers `Connection` named went on arrival (`headers::remove_connection_nominated`),
         // before the proxy set its own; reading it again here would let it delete those.
-        crate::headers::remove_all_spellings(headers, HOP_BY_HOP);
+        crate::headers::remove_all_spellings(headers, crate::headers::HOP_BY_HOP);
         if te_trailers && h2c {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -182,7 +167,7 @@ impl Upstreams {
             }
         }
         *req.uri_mut() = uri;
-        let pools = &self.pools[crate::server::current_worker() % self.pools.len()];
+        let pools = &self.pools[crate::worker::current() % self.pools.len()];
         let client = if h2c {
             *req.version_mut() = Version::HTTP_2;
             &pools.h2c
@@ -255,7 +240,7 @@ fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in crate::headers::HOP_BY_HOP {
         headers.remove(*name);
     }
 }

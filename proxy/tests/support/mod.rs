@@ -579,7 +579,7 @@ fn rand_u64() -> u64 {
 
 /// The `jti` of a JWT, read without verification.
 pub fn jti(jwt: &str) -> String {
-    sidekey_proxy::oidc::decode_payload(jwt).unwrap()["jti"]
+    sidekey_proxy::jwt::decode_payload(jwt).unwrap()["jti"]
         .as_str()
         .unwrap()
         .to_string()
