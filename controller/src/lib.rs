@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cache;
 pub mod deployment;
+pub mod expectations;
 pub mod gateway;
 pub mod merge;
 pub mod metrics;
@@ -27,6 +28,7 @@ pub mod names;
 pub mod offline;
 pub mod plan;
 pub mod pod_state;
+pub mod policy_index;
 pub mod reconcile;
 pub mod render;
 pub mod resolve;
@@ -34,6 +36,7 @@ pub mod runtime;
 pub mod schema_check;
 pub mod validate;
 pub mod write_gate;
+pub mod writer;
 
 /// The AuthPolicy CRD as YAML, exactly as committed in `crds/sidekey.dev_authpolicies.yaml`.
 pub fn crd_yaml() -> String {

@@ -1,7 +1,7 @@
 //! What one reconcile must do — the writes and the status — decided from cached state
 //! alone. Pure: the reconciler executes a [`Plan`]; `render` previews one; tests assert on it.
 
-use crate::names::{ANNOTATION_ORIGINAL_PORTS, ANNOTATION_REVERTS};
+use crate::names::{ANNOTATION_ORIGINAL_PORTS, ANNOTATION_REVERTS, FINALIZER};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::deployment::Deployment;
@@ -77,8 +77,13 @@ pub struct EventSpec {
     pub note: String,
 }
 
+/// Everything one reconcile writes, in the order the reconciler sends it: the finalizer
+/// first (so nothing is patched that a deletion could not undo), then the objects, then the
+/// status, and on deletion the finalizer last (once everything is put back).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
+    /// The policy's finalizers with ours added, to set before anything else.
+    pub add_finalizer: Option<Vec<String>>,
     /// Cookie secrets to create (namespace/name), the policy owning those in its own namespace.
     pub create_secrets: Vec<ObjKey>,
     pub deployment_applies: Vec<Apply>,
@@ -86,21 +91,69 @@ pub struct Plan {
     /// Objects this policy patched earlier but no longer should: restore or release.
     pub service_restores: Vec<Apply>,
     pub deployment_releases: Vec<Apply>,
+    /// Generated cookie secrets to delete on deletion: those outside the policy's namespace,
+    /// which no owner reference can hold (the others go with the policy).
+    pub delete_secrets: Vec<ObjKey>,
     /// `None` when the status is already current.
     pub status: Option<AuthPolicyStatus>,
     pub events: Vec<EventSpec>,
+    /// The policy's finalizers with ours removed, to set last: the clean-up is done.
+    pub remove_finalizer: Option<Vec<String>>,
     pub touched: Touched,
 }
 
 impl Plan {
     pub fn writes(&self) -> usize {
-        self.create_secrets.len()
+        usize::from(self.add_finalizer.is_some())
+            + self.create_secrets.len()
             + self.deployment_applies.len()
             + self.service_applies.len()
             + self.service_restores.len()
             + self.deployment_releases.len()
+            + self.delete_secrets.len()
             + usize::from(self.status.is_some())
+            + usize::from(self.remove_finalizer.is_some())
     }
+}
+
+/// A deleted policy's clean-up, decided from the cache: every Service it switched restored
+/// (traffic goes straight to the app port, which old and new pods both have), then every
+/// Deployment it patched released, its generated cookie secrets in other namespaces deleted,
+/// and the finalizer dropped. Nothing when our finalizer is already gone.
+pub fn cleanup(policy: &AuthPolicy, cache: &dyn Cache) -> Plan {
+    let mut out = Plan::default();
+    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
+        return out;
+    }
+    let me = ObjKey::of(policy);
+    let patched = patched_by(cache, &me);
+    for (skey, originals) in &patched.services {
+        out.service_restores.push(Apply {
+            key: skey.clone(),
+            body: render::service_restore_patch(skey, originals),
+        });
+    }
+    for dkey in &patched.deployments {
+        out.deployment_releases.push(Apply {
+            key: dkey.clone(),
+            body: render::release_patch("apps/v1", "Deployment", dkey),
+        });
+    }
+    if render::uses_generated_cookie_secret(policy) {
+        let name = render::generated_cookie_secret_name(policy);
+        let namespaces: BTreeSet<&str> = patched
+            .deployments
+            .iter()
+            .map(|d| d.namespace.as_str())
+            .filter(|ns| *ns != me.namespace)
+            .collect();
+        out.delete_secrets = namespaces.into_iter().map(|ns| ObjKey::new(ns, &name)).collect();
+    }
+    if !patched.deployments.is_empty() {
+        out.events.push(removed_event(&patched.deployments.iter().collect::<Vec<_>>()));
+    }
+    out.remove_finalizer = Some(policy.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect());
+    out
 }
 
 pub fn patched_by(cache: &dyn Cache, policy: &ObjKey) -> Patched {
@@ -163,6 +216,11 @@ pub fn plan(input: Input<'_>) -> Plan {
     let me = ObjKey::of(policy);
     let patched = patched_by(cache, &me);
     let mut out = Plan::default();
+    if !policy.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = policy.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        out.add_finalizer = Some(finalizers);
+    }
     let res: Resolution = resolve::resolve(policy, cache);
     out.touched = res.touched.clone();
     let mut targets = res.targets.clone();

@@ -22,7 +22,8 @@ use crate::api::AuthPolicy;
 use crate::cache::{Cache, ObjKey, StoreIndex, annotated_by};
 use crate::gateway::{HTTPRoute, ReferenceGrant};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, Index, Watched};
+use crate::policy_index::{Index, Watched};
+use crate::reconcile::{self, Context};
 use crate::render::{RenderOptions, SidecarMode};
 use crate::write_gate::{GateLayer, WriteGate};
 
