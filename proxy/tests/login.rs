@@ -7,29 +7,6 @@ use crate::support::*;
 use sidekey_proxy::session::LoginState;
 use sidekey_proxy::session::codec::{Purpose, Sealer};
 
-struct Env {
-    idp: Idp,
-    proxy: Proxy,
-    _upstream: Upstream,
-}
-
-async fn setup(extra: &[&str]) -> Env {
-    setup_with(extra, serde_json::json!({})).await
-}
-
-async fn setup_with(extra: &[&str], idp_extra: serde_json::Value) -> Env {
-    let listener = Proxy::bind().await;
-    let callback = format!("http://{}/oauth2/callback", listener.local_addr().unwrap());
-    let idp = Idp::start(&[callback], idp_extra);
-    let upstream = Upstream::start().await;
-    let proxy = Proxy::start(listener, &Proxy::args(&idp.issuer, &upstream.url, extra)).await;
-    Env {
-        idp,
-        proxy,
-        _upstream: upstream,
-    }
-}
-
 async fn upstream_view(client: &reqwest::Client, url: &str) -> serde_json::Value {
     let resp = client.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{url}");
@@ -45,7 +22,7 @@ fn header<'a>(view: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn login_passes_identity_to_the_upstream() {
-    let env = setup(&[
+    let env = login_env(&[
         "--pass-access-token",
         "--pass-authorization-header",
         "--set-xauthrequest",
@@ -152,7 +129,7 @@ async fn login_passes_identity_to_the_upstream() {
 
 #[tokio::test]
 async fn unauthenticated_requests() {
-    let env = setup(&[]).await;
+    let env = login_env(&[]).await;
     let client = browser();
     let p = &env.proxy.url;
     let page = client
@@ -185,7 +162,7 @@ async fn unauthenticated_requests() {
 
 #[tokio::test]
 async fn skip_provider_button_goes_straight_to_the_idp() {
-    let env = setup(&["--skip-provider-button"]).await;
+    let env = login_env(&["--skip-provider-button"]).await;
     let client = browser();
     let resp = client.get(format!("{}/deep/link", env.proxy.url)).send().await.unwrap();
     assert_eq!(resp.status(), 302);
@@ -251,7 +228,7 @@ async fn ready_waits_for_discovery_while_ping_answers() {
 
 #[tokio::test]
 async fn state_code_and_nonce_are_checked() {
-    let env = setup(&[]).await;
+    let env = login_env(&[]).await;
     let client = browser();
     let p = &env.proxy.url;
 
@@ -339,7 +316,7 @@ async fn state_code_and_nonce_are_checked() {
 
 #[tokio::test]
 async fn expired_id_token_is_refused() {
-    let env = setup_with(&[], serde_json::json!({ "ttl": { "IdToken": 60 } })).await;
+    let env = login_env_with(&[], serde_json::json!({ "ttl": { "IdToken": 60 } })).await;
     let client = browser();
     let callback = start_and_authenticate(&client, &env.proxy.url, "/", "alice", "alice-password").await;
     // The proxy's clock runs 10 minutes ahead: the ID token (60 s) is long expired.
@@ -353,7 +330,7 @@ async fn expired_id_token_is_refused() {
 
 #[tokio::test]
 async fn authorization_rules_refuse_at_login() {
-    let env = setup(&["--allowed-group=admins"]).await;
+    let env = login_env(&["--allowed-group=admins"]).await;
     let p = &env.proxy.url;
     // bob is in other.org: email domain refused.
     let resp = login(&browser(), p, "/", "bob", "bob-password").await;
@@ -368,7 +345,7 @@ async fn authorization_rules_refuse_at_login() {
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("malformed"));
 
-    let groups = setup(&["--allowed-group=admins", "--email-domain=*"]).await;
+    let groups = login_env(&["--allowed-group=admins", "--email-domain=*"]).await;
     let resp = login(&browser(), &groups.proxy.url, "/", "bob", "bob-password").await;
     assert_eq!(resp.status(), 403, "bob is not in admins");
     assert!(resp.text().await.unwrap().contains("not in an allowed group"));
@@ -380,7 +357,7 @@ async fn authorization_rules_refuse_at_login() {
 /// provider ask again (`prompt=login`) instead of silently reusing the refused session.
 #[tokio::test]
 async fn a_refused_account_is_named_and_can_sign_in_as_someone_else() {
-    let env = setup(&[]).await;
+    let env = login_env(&[]).await;
     let p = &env.proxy.url;
     let client = browser();
     let resp = login(&client, p, "/reports?q=1", "bob", "bob-password").await;
@@ -437,7 +414,7 @@ async fn a_refused_account_is_named_and_can_sign_in_as_someone_else() {
 
 #[tokio::test]
 async fn tampered_truncated_and_expired_cookies_are_no_session() {
-    let env = setup(&[]).await;
+    let env = login_env(&[]).await;
     let client = browser();
     let p = &env.proxy.url;
     let resp = login(&client, p, "/", "alice", "alice-password").await;
@@ -471,7 +448,7 @@ async fn tampered_truncated_and_expired_cookies_are_no_session() {
 
 #[tokio::test]
 async fn open_redirects_are_refused() {
-    let env = setup(&["--whitelist-domain=.example.com"]).await;
+    let env = login_env(&["--whitelist-domain=.example.com"]).await;
     let p = &env.proxy.url;
     let client = browser();
     for bad in [
@@ -506,7 +483,7 @@ async fn open_redirects_are_refused() {
 async fn large_sessions_are_split_into_chunks() {
     let groups: Vec<String> = (0..300).map(|i| format!("group-with-a-long-name-{i:04}")).collect();
     let users = serde_json::json!({ "alice": { "password": "pw", "email": "alice@example.com", "email_verified": true, "groups": groups, "preferred_username": "alice" } });
-    let env = setup_with(&["--pass-access-token"], serde_json::json!({ "users": users })).await;
+    let env = login_env_with(&["--pass-access-token"], serde_json::json!({ "users": users })).await;
     let client = browser();
     let resp = login(&client, &env.proxy.url, "/", "alice", "pw").await;
     let names: Vec<String> = resp
@@ -532,7 +509,7 @@ async fn large_sessions_are_split_into_chunks() {
 
 #[tokio::test]
 async fn minimal_sessions_hold_no_tokens() {
-    let env = setup(&["--session-cookie-minimal"]).await;
+    let env = login_env(&["--session-cookie-minimal"]).await;
     let client = browser();
     let resp = login(&client, &env.proxy.url, "/", "alice", "alice-password").await;
     let cookie = set_cookie_value(&resp, "_oauth2_proxy").unwrap().len();
@@ -571,7 +548,7 @@ async fn skip_oidc_discovery_uses_the_configured_endpoints() {
 /// to change instead of "login state is missing".
 #[tokio::test]
 async fn a_secure_cookie_over_plain_http_is_explained() {
-    let secure = setup(&["--cookie-secure=true"]).await;
+    let secure = login_env(&["--cookie-secure=true"]).await;
     let callback = |p: &str, host: &str| {
         browser()
             .get(format!("{p}/oauth2/callback?state=s&code=c"))
@@ -589,7 +566,7 @@ async fn a_secure_cookie_over_plain_http_is_explained() {
         let page = callback(&secure.proxy.url, host).await.unwrap().text().await.unwrap();
         assert!(page.contains("took too long") && !page.contains("cookie_secure"), "{host}: {page}");
     }
-    let plain = setup(&[]).await;
+    let plain = login_env(&[]).await;
     let page = callback(&plain.proxy.url, "app.lab.example:8080")
         .await
         .unwrap()
@@ -602,7 +579,7 @@ async fn a_secure_cookie_over_plain_http_is_explained() {
     );
     // A sidecar behind a TLS gateway sees plain http from its peer; the configured https
     // callback is what the browser used, so an expired login is just that.
-    let behind_tls = setup(&["--cookie-secure=true", "--redirect-url=https://app.example.com/oauth2/callback"]).await;
+    let behind_tls = login_env(&["--cookie-secure=true", "--redirect-url=https://app.example.com/oauth2/callback"]).await;
     let page = callback(&behind_tls.proxy.url, "app.example.com")
         .await
         .unwrap()

@@ -561,4 +561,6 @@ fn parse_upstreams(raw: &[String]) -> Result<Vec<Upstream>, ConfigError> {
 }
 
 #[cfg(test)]
+mod provider_tests;
+#[cfg(test)]
 mod tests;
