@@ -25,8 +25,9 @@ use crate::body::{Body, full};
 use crate::config::{Config, SameSite, UpstreamTarget};
 use crate::forwarded::Origin;
 use crate::headers;
+use crate::launch::StartError;
 use crate::metrics;
-use crate::oidc::{Clock, Oidc, OidcError, unix};
+use crate::oidc::{Clock, Fault, Oidc, OidcError, unix};
 use crate::pages;
 use crate::redirect::RedirectPolicy;
 use crate::refresh::{self, Outcome, SingleFlight};
@@ -135,9 +136,12 @@ struct Ctx {
 impl App {
     /// `workers`: how many server workers will call [`App::handle`] (one upstream connection
     /// pool each).
-    pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock, workers: usize) -> Result<Self, String> {
+    pub fn new(cfg: Config, oidc: Arc<Oidc>, clock: Clock, workers: usize) -> Result<Self, StartError> {
         let mut emails: HashSet<String> = match &cfg.authz.emails_file {
-            Some(path) => Authorizer::read_emails_file(path).map_err(|e| format!("authenticated_emails_file {}: {e}", path.display()))?,
+            Some(path) => Authorizer::read_emails_file(path).map_err(|source| StartError::EmailsFile {
+                path: path.clone(),
+                source,
+            })?,
             None => HashSet::new(),
         };
         emails.extend(cfg.authz.allowed_emails.iter().cloned());
@@ -158,10 +162,10 @@ impl App {
             sessions: Sessions::new(
                 &cfg.cookie.name,
                 cfg.cookie.secret.expose(),
-                cfg.redis.as_ref().map(RedisStore::new).transpose()?,
+                cfg.redis.as_ref().map(RedisStore::new).transpose().map_err(StartError::Redis)?,
             ),
             csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
-            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers)?,
+            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers).map_err(StartError::Upstreams)?,
             oidc,
             clock,
             paths,

@@ -27,6 +27,41 @@ async fn serve_worker(
     }
 }
 
+/// Why the proxy could not start serving, each naming the option to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("option `provider_ca_files`: {0}")]
+    ProviderCa(String),
+    #[error("option `authenticated_emails_file`: cannot read {path}: {source}")]
+    EmailsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the Redis session store: {0}")]
+    Redis(String),
+    #[error("option `upstreams`: {0}")]
+    Upstreams(String),
+    #[error("option `metrics_address`: cannot listen on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("option `tls_cert_file`: {0}")]
+    Tls(String),
+    #[error("option `https_address`: cannot listen on {addr}: {source}")]
+    Https {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no listener to serve")]
+    NoListener,
+    #[error("cannot start a worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Timeout for each request to the identity provider.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,10 +74,9 @@ pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     clock: oidc::Clock,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let workers = listeners.len().max(1);
-    let http =
-        http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(|e| anyhow::anyhow!("provider_ca_files: {e}"))?;
+    let http = http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(StartError::ProviderCa)?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http.clone(), clock.clone()));
     let cfg_metrics = cfg.metrics_address;
     let cfg_https = cfg.https.clone();
@@ -61,13 +95,15 @@ pub async fn run(
         }
         bearer::BearerVerifier::new(issuers)
     });
-    let mut app = app::App::new(cfg, oidc.clone(), clock, workers).map_err(anyhow::Error::msg)?;
+    let mut app = app::App::new(cfg, oidc.clone(), clock, workers)?;
     app.set_bearer(bearer);
     let app = Arc::new(app);
     app.credential_usable();
     let metrics = match cfg_metrics {
         Some(addr) => {
-            let l = metrics::bind(addr).await.map_err(anyhow::Error::msg)?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
             tracing::info!(address = %addr, "metrics on /metrics");
             Some(tokio::spawn(metrics::serve(l)))
         }
@@ -76,22 +112,22 @@ pub async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let (tls, reload) = match &cfg_https {
         Some((_, settings)) => {
-            let cert = tls::ReloadingCert::new(settings.clone()).map_err(|e| anyhow::anyhow!("option `tls_cert_file`: {e}"))?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().map_err(anyhow::Error::msg)?));
+            let cert = tls::ReloadingCert::new(settings.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().map_err(StartError::Tls)?));
             (Some(acceptor), Some(tokio::spawn(cert.watch())))
         }
         None => (None, None),
     };
     let mut https_listeners: Vec<Option<std::net::TcpListener>> = match &cfg_https {
         Some((addr, _)) => {
-            let ls = server::bind(*addr, workers).map_err(|e| anyhow::anyhow!("option `https_address`: cannot listen on {addr}: {e}"))?;
+            let ls = server::bind(*addr, workers).map_err(|source| StartError::Https { addr: *addr, source })?;
             tracing::info!(address = %addr, "sidekey-proxy listening for HTTPS");
             ls.into_iter().map(Some).collect()
         }
         None => (0..workers).map(|_| None).collect(),
     };
     let mut listeners = listeners.into_iter();
-    let first = listeners.next().ok_or_else(|| anyhow::anyhow!("no listener to serve"))?;
+    let first = listeners.next().ok_or(StartError::NoListener)?;
     let first_https = https_listeners.remove(0);
     let mut finished = Vec::new();
     // A worker's runtime also drives connections other workers use (a Redis connection,
@@ -114,7 +150,8 @@ pub async fn run(
                     let _ = done.send(());
                     all_drained.cancelled().await;
                 });
-            })?;
+            })
+            .map_err(StartError::Thread)?;
     }
     let http_stop = stop.clone();
     tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! the request path, the relying party and the session store record into it without
 //! threading a handle through every layer.
 
-use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -184,11 +183,4 @@ pub async fn serve(listener: TcpListener) {
                 .await;
         });
     }
-}
-
-/// Binds `metrics_address`; the error names the option.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("option `metrics_address`: cannot listen on {addr}: {e}"))
 }

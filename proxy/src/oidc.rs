@@ -91,12 +91,50 @@ pub enum OidcError {
     NoIdToken,
     #[error("the ID token is invalid: {0}")]
     InvalidIdToken(String),
+    /// No key of the provider's JWKS has the token's key id (refetched once first).
+    #[error("the ID token is invalid: no key in the provider's JWKS matches the token's key id")]
+    UnknownSigningKey,
     #[error("the authorization response was issued by {got}, expected {expected}")]
     IssuerMismatch { got: String, expected: String },
     #[error("the sign-in came from the wrong Entra tenant: {0}")]
     Tenant(String),
     #[error("the provider marked the email address unverified")]
     UnverifiedEmail,
+}
+
+/// What a provider failure means for the request, decided in one place for every caller
+/// (the error page's status, whether a refresh keeps or ends the session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The provider, or our credential for it, cannot be used now: 503, and a session being
+    /// refreshed stands until its tokens expire.
+    Unavailable,
+    /// The provider answered, but not with a usable result: 502, transient like the above.
+    BadAnswer,
+    /// The provider or its token refused this sign-in: 403, and a refresh ends the session.
+    Refused,
+}
+
+impl Fault {
+    /// Worth trying again later, as opposed to a verdict on this sign-in.
+    pub fn is_transient(self) -> bool {
+        self != Fault::Refused
+    }
+}
+
+impl OidcError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            OidcError::Unavailable(_) | OidcError::ClientAuth(_) => Fault::Unavailable,
+            OidcError::TokenTransport(_) | OidcError::Graph(_) | OidcError::NoIdToken => Fault::BadAnswer,
+            OidcError::TokenRefused { .. }
+            | OidcError::InvalidIdToken(_)
+            | OidcError::UnknownSigningKey
+            | OidcError::IssuerMismatch { .. }
+            | OidcError::Tenant(_)
+            | OidcError::UnverifiedEmail => Fault::Refused,
+        }
+    }
 }
 
 /// Why discovery (or the JWKS fetch after it) failed. A wrong `oidc_issuer_url` answers,

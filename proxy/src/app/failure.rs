@@ -45,9 +45,11 @@ impl Failure {
             }
             Failure::UnknownEndpoint => StatusCode::NOT_FOUND,
             Failure::BadRequest(_) | Failure::BadPath(_) => StatusCode::BAD_REQUEST,
-            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => StatusCode::BAD_GATEWAY,
-            Failure::Provider(_) => StatusCode::FORBIDDEN,
+            Failure::Provider(e) => match e.fault() {
+                Fault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                Fault::BadAnswer => StatusCode::BAD_GATEWAY,
+                Fault::Refused => StatusCode::FORBIDDEN,
+            },
             Failure::Upstream(UpstreamError::NoRoute) => StatusCode::NOT_FOUND,
             Failure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -60,7 +62,7 @@ impl Failure {
             Failure::Denied { .. } => "Access denied",
             Failure::UnknownEndpoint => "Page not found",
             Failure::Upstream(_) => "The application is not responding",
-            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => "Sign-in is unavailable",
+            Failure::Provider(e) if e.fault() == Fault::Unavailable => "Sign-in is unavailable",
             Failure::BadRequest(_) | Failure::BadPath(_) => "Bad request",
             Failure::Store(_) => "Sessions are unavailable",
             _ => "Sign-in failed",
@@ -80,12 +82,10 @@ impl Failure {
             // The provider's own words are meant for the person signing in (Entra's AADSTS
             // texts are), and only a browser holding this login's state gets here.
             Failure::ProviderRedirect(e) => format!("The identity provider did not complete the sign-in: {e}"),
-            Failure::Provider(OidcError::Unavailable(_) | OidcError::ClientAuth(_)) => {
+            Failure::Provider(e) if e.fault() == Fault::Unavailable => {
                 "Signing in is not possible right now. Please try again in a few minutes.".into()
             }
-            Failure::Provider(OidcError::TokenTransport(_) | OidcError::NoIdToken | OidcError::Graph(_)) => {
-                "The identity provider did not complete the sign-in. Please try again.".into()
-            }
+            Failure::Provider(e) if e.fault() == Fault::BadAnswer => "The identity provider did not complete the sign-in. Please try again.".into(),
             Failure::Provider(OidcError::UnverifiedEmail) => {
                 "Your email address is not verified at the identity provider, so it cannot be used to sign in here.".into()
             }

@@ -120,9 +120,7 @@ impl App {
                     None => Outcome::Refreshed(fresh),
                 }
             }
-            Err(e @ (OidcError::Unavailable(_) | OidcError::TokenTransport(_) | OidcError::ClientAuth(_) | OidcError::Graph(_))) => {
-                Outcome::Unavailable(e.to_string())
-            }
+            Err(e) if e.fault().is_transient() => Outcome::Unavailable(e.to_string()),
             Err(e) => Outcome::Ended(e.to_string()),
         };
         self.sessions.unlock_refresh(ticket).await;

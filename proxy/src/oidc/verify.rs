@@ -5,8 +5,6 @@
 
 use super::*;
 
-const NO_MATCHING_KEY: &str = "no key in the provider's JWKS matches the token's key id";
-
 impl Oidc {
     /// RFC 9207: an `iss` in the authorization response must be our issuer, and must be
     /// present when the provider says it sends one (mix-up attacks).
@@ -46,9 +44,9 @@ impl Oidc {
         nonce: Option<&str>,
     ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
         match self.verify_with(d, raw, nonce) {
-            Err(OidcError::InvalidIdToken(msg)) if msg == NO_MATCHING_KEY => match self.refetch_jwks(d).await {
+            Err(OidcError::UnknownSigningKey) => match self.refetch_jwks(d).await {
                 Some(fresh) => self.verify_with(&fresh, raw, nonce),
-                None => Err(OidcError::InvalidIdToken(NO_MATCHING_KEY.into())),
+                None => Err(OidcError::UnknownSigningKey),
             },
             other => other,
         }
@@ -90,9 +88,7 @@ impl Oidc {
             None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())).map(|_| ()),
         };
         result.map_err(|e| match e {
-            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => {
-                OidcError::InvalidIdToken(NO_MATCHING_KEY.into())
-            }
+            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => OidcError::UnknownSigningKey,
             other => OidcError::InvalidIdToken(other.to_string()),
         })?;
         let claims = crate::jwt::decode_payload(raw).ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
