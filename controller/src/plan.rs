@@ -584,3 +584,6 @@ fn changed(policy: &AuthPolicy, new: AuthPolicyStatus) -> Option<AuthPolicyStatu
         _ => Some(new),
     }
 }
+
+#[cfg(test)]
+mod tests;

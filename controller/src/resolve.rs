@@ -410,3 +410,6 @@ pub fn winners(cache: &dyn Cache, deployments: &BTreeSet<ObjKey>) -> BTreeMap<Ob
 pub fn age_key(p: &AuthPolicy) -> (Option<jiff::Timestamp>, ObjKey) {
     (p.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjKey::of(p))
 }
+
+#[cfg(test)]
+mod tests;
