@@ -229,7 +229,7 @@ async fn entra_workload_identity_login_through_the_cluster_ip_and_delete_puts_ev
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn oidc_client_secret_with_redis_sessions_logs_in() {
+async fn oidc_client_secret_with_redis_sessions_logs_in_after_the_plain_http_hint() {
     let Some(rig) = support::rig() else { return };
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::new(rig, "redis");
@@ -254,12 +254,39 @@ async fn oidc_client_secret_with_redis_sessions_logs_in() {
         None,
     );
     let session = "  session:\n    store: { type: redis, redis: { urlSecretRef: { name: redis, key: url } } }\n";
-    apply(rig, n, &client.policy("echo", session));
+    let policy = client.policy("echo", session);
+    // First as a user tries it over plain http without --cookie-secure=false: the browser
+    // drops the Secure login cookie, and the page says why and what to change.
+    let secure_only = policy.replace("  sidecar:\n    extraArgs: [\"--cookie-secure=false\"]\n", "");
+    assert_ne!(secure_only, policy);
+    apply(rig, n, &secure_only);
     wait_ready(rig, n, "echo").await;
     wait_rolled_out(rig, n, "echo", true).await;
-
     let url = format!("http://{ip}/redis");
-    let alice = browser_login(&url, "alice", &[BRIDGE, ip.as_str()], Expect::Page("alice@example.com")).await;
+    let hosts = [BRIDGE, ip.as_str()];
+    let hint = browser_login(&url, "alice", &hosts, Expect::Refused(403, "opened over plain http")).await;
+    assert!(
+        hint["body"].as_str().unwrap_or_default().contains("cookie_secure=false"),
+        "{hint:#}"
+    );
+
+    apply(rig, n, &policy);
+    wait_or_explain(
+        "the sidecar with --cookie-secure=false",
+        WAIT,
+        || async {
+            let d = get_json(rig, n, "deployment/echo")?;
+            d["spec"]["template"]["spec"]["initContainers"]
+                .to_string()
+                .contains("--cookie-secure=false")
+                .then_some(())
+        },
+        String::new,
+    )
+    .await;
+    wait_ready(rig, n, "echo").await;
+    wait_rolled_out(rig, n, "echo", true).await;
+    let alice = browser_login(&url, "alice", &hosts, Expect::Page("alice@example.com")).await;
     let page = echo_page(&alice);
     assert_eq!(page["headers"]["x-forwarded-email"], "alice@example.com", "{page:#}");
     // The session lives in Redis: the browser holds a ticket, Redis the session.
