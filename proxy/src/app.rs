@@ -178,6 +178,11 @@ impl App {
         })
     }
 
+    /// The deadlines the server holds this app's client connections to.
+    pub fn limits(&self) -> crate::config::ConnectionLimits {
+        self.cfg.limits
+    }
+
     /// Accepts bearer JWTs (`skip_jwt_bearer_tokens`) verified by `verifier`.
     pub fn set_bearer(&mut self, verifier: Option<BearerVerifier>) {
         self.bearer = verifier;

@@ -25,21 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::config::ConnectionLimits;
 use crate::head_deadline::{Closing, Cut, Watch, WatchedBody};
 use crate::idle_timeout::{self, Activity, Tracked};
 
 pub use crate::head_deadline::MAX_PENDING_HEADS;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-/// A connection must bring a complete request head (TLS handshake included) this soon
-/// after opening, and again after its last response, over HTTP/1.1 and HTTP/2 alike; an
-/// HTTP/2 HEADERS frame beside other streams this soon after its first byte (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with a request in flight that moves no byte for this long is shut down
-/// (nginx's `keepalive_timeout` is 75 s); the request still gets its answer. Without one in
-/// flight, the next head is due at [`HEADER_READ_TIMEOUT`].
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streams in flight on one HTTP/2 connection (hyper's default is 200): each holds a
 /// request and an upstream exchange, so one client connection cannot hold hundreds.
 const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -137,12 +128,12 @@ pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>
     Ok(out)
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
@@ -155,7 +146,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown`; with `tls`, every connection is a TLS connection.
 pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
-    let builder = Arc::new(builder());
+    let limits = app.limits();
+    let builder = Arc::new(builder(limits));
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let scheme: &'static str = if tls.is_some() { "https" } else { "http" };
@@ -180,11 +172,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
         connections.spawn(async move {
             let _open = open;
             // Made in the connection's own task: see `Watch::cut`.
-            let watch = Watch::new(HEADER_READ_TIMEOUT);
+            let watch = Watch::new(limits.header_read);
             let activity = Activity::new();
             let stream = Tracked::new(stream, activity.clone());
             match tls {
-                None => serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop).await,
+                None => serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop, limits).await,
                 Some(acceptor) => {
                     watch.handshake_started();
                     let stream = tokio::select! {
@@ -194,7 +186,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
                         },
                         _ = watch.cut(None) => return tracing::debug!("TLS handshake not done by the request-head deadline"),
                     };
-                    serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop).await
+                    serve_connection(&builder, watch.io(stream), app, peer, scheme, &activity, &watch, &stop, limits).await
                 }
             }
         });
@@ -206,15 +198,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     tracing::info!(scheme, "shutting down: waiting for in-flight requests");
     stop.cancel();
     connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!(grace = ?limits.shutdown_grace, "in-flight requests did not finish in time");
     }
 }
 
 /// Serves one connection until it closes. On shutdown, or once the client has been silent
 /// too long, it is shut down gracefully: no new requests, the one in flight answered. A
 /// connection whose request head is overdue is shut down too, and dropped once nothing is
-/// in flight or [`HEADER_READ_TIMEOUT`] later; one pushed out by newer unfinished heads is
+/// in flight or the request-head deadline ([`ConnectionLimits::header_read`]) later; one pushed out by newer unfinished heads is
 /// dropped at once (see [`head_deadline`](crate::head_deadline)).
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
@@ -226,6 +218,7 @@ async fn serve_connection<I>(
     activity: &Activity,
     watch: &Watch,
     stop: &CancellationToken,
+    limits: ConnectionLimits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -262,7 +255,7 @@ async fn serve_connection<I>(
             cut = watch.cut(closing) => match cut {
                 Cut::Overdue => {
                     tracing::debug!("closing a connection whose request head is overdue");
-                    closing = close(Some(HEADER_READ_TIMEOUT));
+                    closing = close(Some(limits.header_read));
                     conn.as_mut().graceful_shutdown();
                 }
                 Cut::Evicted => return tracing::debug!("dropped a connection with an unfinished request head: too many"),
@@ -272,7 +265,7 @@ async fn serve_connection<I>(
                 closing = close(None);
                 conn.as_mut().graceful_shutdown();
             }
-            () = idle_timeout::expired(activity, HEADER_READ_TIMEOUT, IDLE_TIMEOUT), if closing.is_none() => {
+            () = idle_timeout::expired(activity, limits.header_read, limits.idle), if closing.is_none() => {
                 closing = close(None);
                 tracing::debug!("closing an idle connection");
                 conn.as_mut().graceful_shutdown();

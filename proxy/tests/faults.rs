@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::h2_frames as h2;
 use crate::support::*;
-use sidekey_proxy::server::{HEADER_READ_TIMEOUT, MAX_PENDING_HEADS};
+use sidekey_proxy::config::ConnectionLimits;
+use sidekey_proxy::server::MAX_PENDING_HEADS;
 use sidekey_proxy::session::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,7 +43,7 @@ async fn read_to_close(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
     let upstream = Upstream::start().await;
-    let proxy = Proxy::start(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
+    let proxy = Proxy::start_short_deadlines(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
     let began = Instant::now();
     let mut drips = Vec::new();
     for i in 0..200 {
@@ -78,16 +79,17 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
     for d in drips {
         let (closed_after, answer) = d.await.unwrap();
         assert!(
-            closed_after >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && closed_after < HEADER_READ_TIMEOUT + Duration::from_secs(4),
+            cut_at_head_deadline(closed_after),
             "cut at the header read timeout, not {closed_after:?}"
         );
         assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
 }
 
-/// Whether a connection was cut at the request-head deadline, `d` after its clock started.
+/// Whether a connection of [`Proxy::start_short_deadlines`] was cut at its request-head
+/// deadline, `d` after its clock started.
 fn cut_at_head_deadline(d: Duration) -> bool {
-    d >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && d < HEADER_READ_TIMEOUT + Duration::from_secs(4)
+    d >= SHORT_HEAD_DEADLINE - Duration::from_secs(1) && d < SHORT_HEAD_DEADLINE + Duration::from_secs(4)
 }
 
 /// One byte of a HEADERS frame every 200 ms: a padded frame of some 200 bytes would take
@@ -102,9 +104,9 @@ const DRIP: Duration = Duration::from_millis(200);
 #[tokio::test]
 async fn h2c_slow_headers_are_cut_at_the_head_deadline_and_others_are_served() {
     let upstream = Upstream::start().await;
-    let proxy = Proxy::start(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
+    let proxy = Proxy::start_short_deadlines(Proxy::bind().await, &Proxy::args(&dead_issuer(), &upstream.url, &[])).await;
     let addr = proxy.addr;
-    let limit = Duration::from_secs(26);
+    let limit = 2 * SHORT_HEAD_DEADLINE + Duration::from_secs(6);
     let mut conns = Vec::new();
     for i in 0..80 {
         conns.push(tokio::spawn(async move {
@@ -120,7 +122,7 @@ async fn h2c_slow_headers_are_cut_at_the_head_deadline_and_others_are_served() {
                     w.write_all(&h2::opening()).await.unwrap();
                     w.write_all(&h2::request(1, "GET", "/ping", &[], true, 0)).await.unwrap();
                     assert!(frames.until_end_of(1).await, "{kind}: /ping answered");
-                    // The connection is idle from here: its next head is due in 10 s.
+                    // The connection is idle from here: its next head is due at the deadline.
                     since = tokio::time::Instant::now();
                 }
                 _ => {
@@ -167,12 +169,12 @@ async fn h2c_slow_headers_are_cut_at_the_head_deadline_and_others_are_served() {
         let span = seen.entry(kind).or_insert((closed, closed));
         *span = (span.0.min(closed), span.1.max(closed));
         if kind == "beside a stream" {
-            // The head is overdue at 10 s: GOAWAY, and the stream in flight gets another
-            // 10 s (it cannot progress: the unfinished HEADERS blocks the client's frames).
+            // The head is overdue at the deadline: GOAWAY, and the stream in flight gets
+            // another one (it cannot progress: the unfinished HEADERS blocks the client's frames).
             let goaway = goaway.unwrap_or_else(|| panic!("{kind}: no GOAWAY before the close at {closed:?}"));
             assert!(cut_at_head_deadline(goaway), "{kind}: GOAWAY at {goaway:?}");
             assert!(
-                closed < 2 * HEADER_READ_TIMEOUT + Duration::from_secs(4),
+                closed < 2 * SHORT_HEAD_DEADLINE + Duration::from_secs(4),
                 "{kind}: closed at {closed:?}"
             );
         } else {
@@ -279,7 +281,7 @@ async fn ten_thousand_idle_connections_cost_bounded_memory_and_are_reaped() {
 
     // A connection that never sends a request line is a slowloris too: cut at the header
     // read timeout, so idle sockets cannot pile up without bound.
-    tokio::time::sleep(HEADER_READ_TIMEOUT + Duration::from_secs(2)).await;
+    tokio::time::sleep(ConnectionLimits::default().header_read + Duration::from_secs(2)).await;
     let mut closed = 0;
     for s in &mut idle {
         let mut b = [0u8; 64];
@@ -339,7 +341,8 @@ async fn unfinished_h2_heads_are_capped_cost_bounded_memory_and_are_cut() {
     }
     let opened = Instant::now();
     // The oldest are cut as newer ones arrive, long before their deadline.
-    eventually("the oldest unfinished heads to be cut", HEADER_READ_TIMEOUT / 2, || {
+    let deadline = ConnectionLimits::default().header_read;
+    eventually("the oldest unfinished heads to be cut", deadline / 2, || {
         let cut = conns.iter().filter(|s| closed_by_server(s)).count();
         async move { cut >= EXTRA }
     })
@@ -367,7 +370,7 @@ async fn unfinished_h2_heads_are_capped_cost_bounded_memory_and_are_cut() {
 
     eventually(
         "every unfinished head to be cut at the deadline",
-        HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        deadline + Duration::from_secs(5),
         || {
             let open = conns.iter().filter(|s| !closed_by_server(s)).count();
             async move { open == 0 }
@@ -376,7 +379,7 @@ async fn unfinished_h2_heads_are_capped_cost_bounded_memory_and_are_cut() {
     .await;
     let took = opened.elapsed();
     eprintln!("all {n} cut {took:?} after the last one opened");
-    assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(2), "cut early: {took:?}");
+    assert!(took >= deadline - Duration::from_secs(2), "cut early: {took:?}");
     drop(conns);
     eventually("the proxy's sockets to be released", Duration::from_secs(10), || async {
         open_fds(pid) < 100

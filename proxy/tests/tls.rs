@@ -86,6 +86,12 @@ async fn get_ping(s: &mut Tls) -> String {
 
 /// A proxy serving HTTPS on a free port with these files (no provider needed for /ping).
 async fn start_https(cert: &Path, key: &Path, extra: &[&str]) -> (Proxy, u16) {
+    let (args, port) = https_args(cert, key, extra);
+    (Proxy::start(Proxy::bind().await, &args).await, port)
+}
+
+/// The flags of a proxy serving HTTPS on a free port, and that port.
+fn https_args(cert: &Path, key: &Path, extra: &[&str]) -> (Vec<String>, u16) {
     let port = free_port();
     let https = format!("--https-address=127.0.0.1:{port}");
     let cert = format!("--tls-cert-file={}", cert.display());
@@ -100,8 +106,7 @@ async fn start_https(cert: &Path, key: &Path, extra: &[&str]) -> (Proxy, u16) {
         "--oidc-jwks-url=http://127.0.0.1:1/k",
     ];
     flags.extend_from_slice(extra);
-    let args = Proxy::args("http://127.0.0.1:1/", "static://200", &flags);
-    (Proxy::start(Proxy::bind().await, &args).await, port)
+    (Proxy::args("http://127.0.0.1:1/", "static://200", &flags), port)
 }
 
 fn copy_pair(from: (&Path, &Path), to: &Path) {
@@ -207,11 +212,11 @@ async fn minimum_version_tls13_refuses_tls12_clients() {
 /// handshake is part of it), like h2c and HTTP/1.1. Before the fix they stayed open for good.
 #[tokio::test]
 async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
-    use sidekey_proxy::server::HEADER_READ_TIMEOUT;
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_files(dir.path(), "first");
-    let (_proxy, port) = start_https(&cert, &key, &[]).await;
+    let (args, port) = https_args(&cert, &key, &[]);
+    let _proxy = Proxy::start_short_deadlines(Proxy::bind().await, &args).await;
     let cfg = client_config(&[&ca], false);
     let ready = first_connection(port, &cfg).await;
 
@@ -226,7 +231,9 @@ async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
             w.write_all(&h2_frames::opening()).await.unwrap();
             let slow = h2_frames::request(1, "GET", "/ping", &[], true, 200);
             let drip = tokio::spawn(async move { h2_frames::dribble(&mut w, &slow, Duration::from_millis(200)).await });
-            let closed = h2_frames::Frames::new(r).until_closed(since, Duration::from_secs(26)).await;
+            let closed = h2_frames::Frames::new(r)
+                .until_closed(since, SHORT_HEAD_DEADLINE + Duration::from_secs(10))
+                .await;
             drip.abort();
             closed
         }));
@@ -235,9 +242,9 @@ async fn h2_over_tls_slow_headers_are_cut_at_the_head_deadline() {
     assert_eq!(h2_ping(ready, port).await.0, 200);
 
     for c in conns {
-        let (closed, _) = c.await.unwrap().expect("still open after 26 s");
+        let (closed, _) = c.await.unwrap().expect("still open at the deadline and 10 s more");
         assert!(
-            closed >= HEADER_READ_TIMEOUT - Duration::from_secs(1) && closed < HEADER_READ_TIMEOUT + Duration::from_secs(4),
+            closed >= SHORT_HEAD_DEADLINE - Duration::from_secs(1) && closed < SHORT_HEAD_DEADLINE + Duration::from_secs(4),
             "closed at {closed:?}, not at the head deadline"
         );
         eprintln!("h2 over TLS: closed after {closed:?}");

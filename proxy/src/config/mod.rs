@@ -162,9 +162,35 @@ pub struct SignOutConfig {
     pub backend_logout_url: Option<String>,
 }
 
+/// The deadlines on client connections. oauth2-proxy has no options for them, so neither
+/// do we: production runs the defaults, and tests shorten them rather than wait them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection must bring a complete request head (TLS handshake included) this soon
+    /// after opening, and again after its last response, over HTTP/1.1 and HTTP/2 alike;
+    /// an HTTP/2 HEADERS frame beside other streams this soon after its first byte.
+    pub header_read: Duration,
+    /// A connection with a request in flight that moves no byte for this long is shut down
+    /// (nginx's `keepalive_timeout` is 75 s); the request still gets its answer.
+    pub idle: Duration,
+    /// How long in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub http_address: SocketAddr,
+    pub limits: ConnectionLimits,
     /// `/metrics` for Prometheus, on its own listener.
     pub metrics_address: Option<SocketAddr>,
     /// HTTPS on `https_address`, when `tls_cert_file` and `tls_key_file` are set.
@@ -290,6 +316,7 @@ impl Config {
             ));
         }
         let mut cfg = Config {
+            limits: ConnectionLimits::default(),
             http_address: parse_listen_address(&v.str("http_address")).map_err(|m| invalid("http_address", m))?,
             https: https_config(v)?,
             metrics_address: v

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sidekey_proxy::config::{Config, load};
+use sidekey_proxy::config::{Config, ConnectionLimits, load};
 use sidekey_proxy::oidc::Clock;
 use tokio::net::TcpListener;
 
@@ -182,6 +182,11 @@ impl TestClock {
     }
 }
 
+/// The request-head deadline of [`Proxy::start_short_deadlines`]: long enough for a loaded
+/// machine to serve real clients meanwhile, short enough that a test does not wait out the
+/// production 10 s.
+pub const SHORT_HEAD_DEADLINE: Duration = Duration::from_secs(4);
+
 /// A running proxy; stopped (gracefully) on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -209,13 +214,33 @@ impl Proxy {
     /// Starts the proxy with one worker per listener (from `server::bind`), the first on
     /// this runtime and the others on threads of their own, as the binary does.
     pub async fn start_workers(listeners: Vec<std::net::TcpListener>, args: &[String], env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_configured(listeners, args, env, ConnectionLimits::default()).await
+    }
+
+    /// [`Proxy::start`] with the connection deadlines shortened to [`SHORT_HEAD_DEADLINE`], for
+    /// the tests that wait for a deadline to pass.
+    pub async fn start_short_deadlines(listener: TcpListener, args: &[String]) -> Proxy {
+        let limits = ConnectionLimits {
+            header_read: SHORT_HEAD_DEADLINE,
+            ..ConnectionLimits::default()
+        };
+        Proxy::start_configured(vec![listener.into_std().unwrap()], args, &[], limits).await
+    }
+
+    async fn start_configured(
+        listeners: Vec<std::net::TcpListener>,
+        args: &[String],
+        env: &[(&str, &str)],
+        limits: ConnectionLimits,
+    ) -> Proxy {
         install_crypto();
         capture_logs();
         let mut argv = vec!["sidekey-proxy".to_string()];
         argv.extend_from_slice(args);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let inv = load(argv, env).unwrap_or_else(|e| panic!("config: {e}"));
-        let cfg = Config::from_values(&inv.values).unwrap_or_else(|e| panic!("config: {e}"));
+        let mut cfg = Config::from_values(&inv.values).unwrap_or_else(|e| panic!("config: {e}"));
+        cfg.limits = limits;
         let addr = listeners[0].local_addr().unwrap();
         let clock = TestClock::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
