@@ -70,7 +70,7 @@ docs:
 
 ## crds: regenerate crds/ (and the chart's copy), the golden render outputs, the proxy flag list and manifests/install
 crds:
-	$(CARGO) run -q -p sidekey-controller --bin crdgen > crds/sidekey.dev_authpolicies.yaml
+	$(CARGO) run -q -p sidekey-controller --bin sidekey-controller -- crd > crds/sidekey.dev_authpolicies.yaml
 	cp crds/sidekey.dev_authpolicies.yaml charts/sidekey/files/
 	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test render
 	SIDEKEY_UPDATE_GOLDEN=1 $(CARGO) test -q -p sidekey-controller --test validate committed_proxy_flag_list_is_current

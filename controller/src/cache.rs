@@ -35,6 +35,30 @@ impl ObjKey {
     }
 }
 
+/// The kinds of object the controller reads and writes: one enum for the watch index, the
+/// write expectations and the write door's messages and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Policy,
+    Route,
+    Service,
+    Deployment,
+    Secret,
+}
+
+impl Kind {
+    /// The Kubernetes kind, as messages and metric labels name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Policy => "AuthPolicy",
+            Kind::Route => "HTTPRoute",
+            Kind::Service => "Service",
+            Kind::Deployment => "Deployment",
+            Kind::Secret => "Secret",
+        }
+    }
+}
+
 impl fmt::Display for ObjKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

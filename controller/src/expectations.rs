@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use crate::cache::Kind;
 use crate::cache::{Cache, ObjKey};
 
 /// Writes whose watch event has not reached the cache yet (kube-controller-manager's
@@ -14,14 +15,6 @@ use crate::cache::{Cache, ObjKey};
 #[derive(Default)]
 pub struct Expectations {
     inner: Mutex<HashMap<ObjKey, Vec<Expected>>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Policy,
-    Deployment,
-    Service,
-    Secret,
 }
 
 struct Expected {
@@ -66,6 +59,7 @@ impl Expectations {
                 Kind::Deployment => cache.deployment(&e.key).map(|o| o.metadata.resource_version.clone()),
                 Kind::Service => cache.service(&e.key).map(|o| o.metadata.resource_version.clone()),
                 Kind::Secret => cache.secret_digest(&e.key).map(|_| None),
+                Kind::Route => cache.route(&e.key).map(|o| o.metadata.resource_version.clone()),
             };
             let observed = match (&e.stale, version) {
                 (None, v) => v.is_some(),

@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Arg, ArgAction, Command};
 use sidekey_controller::offline;
 use sidekey_controller::render::{RenderOptions, SidecarMode};
-use sidekey_controller::runtime::{self, Settings};
+use sidekey_controller::runtime::{self, Settings, SidecarSetting};
 
 /// mimalloc, as in sidekey-proxy: with the reflector caches churning on every watch event,
 /// glibc malloc held a third more RSS for the same live heap in the scale run.
@@ -33,7 +34,7 @@ fn cli() -> Command {
     let mode = Arg::new("sidecar-mode")
         .long("sidecar-mode")
         .env("SIDEKEY_SIDECAR_MODE")
-        .value_parser(["auto", "native", "regular"])
+        .value_parser(sidecar_setting())
         .default_value("auto")
         .help("native: init container with restartPolicy Always (Kubernetes >= 1.29); regular: a plain container; auto: by server version");
     Command::new("sidekey-controller")
@@ -82,7 +83,9 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("sidecar-mode")
                         .long("sidecar-mode")
-                        .value_parser(["native", "regular"])
+                        .value_parser(PossibleValuesParser::new(["native", "regular"]).map(|s| {
+                            if s == "regular" { SidecarMode::Regular } else { SidecarMode::Native }
+                        }))
                         .default_value("native"),
                 ),
         )
@@ -98,6 +101,11 @@ fn cli() -> Command {
                 .arg(files_arg("YAML file or directory; repeatable")),
         )
         .subcommand(Command::new("crd").about("Print the AuthPolicy CustomResourceDefinition"))
+}
+
+/// `--sidecar-mode auto|native|regular`, typed.
+fn sidecar_setting() -> impl clap::builder::TypedValueParser<Value = SidecarSetting> {
+    PossibleValuesParser::new(SidecarSetting::VALUES).map(|s| SidecarSetting::parse(&s).expect("clap allowed only the listed values"))
 }
 
 fn init_logging() {
@@ -119,11 +127,7 @@ fn main() -> ExitCode {
             let paths: Vec<PathBuf> = r.get_many::<PathBuf>("file").into_iter().flatten().cloned().collect();
             let opts = RenderOptions {
                 proxy_image: r.get_one::<String>("proxy-image").cloned().unwrap_or_default(),
-                mode: if r.get_one::<String>("sidecar-mode").map(String::as_str) == Some("regular") {
-                    SidecarMode::Regular
-                } else {
-                    SidecarMode::Native
-                },
+                mode: r.get_one::<SidecarMode>("sidecar-mode").copied().unwrap_or(SidecarMode::Native),
                 service_account_issuer: None,
             };
             let result = offline::Input::read(&paths).and_then(|input| {
@@ -173,7 +177,7 @@ fn main() -> ExitCode {
             init_logging();
             let settings = Settings {
                 proxy_image: m.get_one::<String>("proxy-image").cloned().unwrap_or_default(),
-                sidecar_mode: m.get_one::<String>("sidecar-mode").cloned().unwrap_or_default(),
+                sidecar_mode: m.get_one::<SidecarSetting>("sidecar-mode").copied().unwrap_or(SidecarSetting::Auto),
                 metrics_address: match m.get_one::<String>("metrics-address").map(|a| a.parse()) {
                     Some(Ok(a)) => a,
                     _ => {

@@ -369,7 +369,11 @@ fn refusals(r: &Rendered) -> Vec<String> {
     let name = format!("authpolicy/{}/{}", r.policy.namespace, r.policy.name);
     let status = r.plan.status.clone().unwrap_or_default();
     let mut out = Vec::new();
-    if let Some(c) = status.conditions.iter().find(|c| c.type_ == "Accepted" && c.status != "True") {
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::plan::condition::ACCEPTED && c.status != "True")
+    {
         out.push(format!("{name}: would not be Accepted ({}): {}", c.reason, c.message));
     }
     for t in status.targets.iter().filter(|t| t.state == TargetState::NotFound) {

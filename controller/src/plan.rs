@@ -15,6 +15,21 @@ use crate::merge;
 use crate::render::{self, RenderOptions};
 use crate::resolve::{self, Resolution, Touched};
 
+/// The status condition types: `Accepted` (the spec and its targets) and `Ready` (protection
+/// in place).
+pub mod condition {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const READY: &str = "Ready";
+}
+
+/// The reasons of the events sidekey records on a policy.
+pub mod event {
+    pub const INJECTED: &str = "Injected";
+    pub const REMOVED: &str = "Removed";
+    pub const REGULAR_SIDECAR: &str = "RegularSidecar";
+}
+
+/// The conditions' reasons.
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     pub const INVALID: &str = "Invalid";
@@ -306,13 +321,13 @@ pub fn plan(input: Input<'_>) -> Plan {
         let names: Vec<String> = out.deployment_applies.iter().map(|a| a.key.to_string()).collect();
         out.events.push(EventSpec {
             warning: false,
-            reason: "Injected".into(),
+            reason: event::INJECTED.into(),
             note: format!("sidekey-proxy sidecar applied to Deployment {}", names.join(", ")),
         });
         if opts.mode == render::SidecarMode::Regular {
             out.events.push(EventSpec {
                 warning: true,
-                reason: "RegularSidecar".into(),
+                reason: event::REGULAR_SIDECAR.into(),
                 note: "this cluster predates native sidecars (Kubernetes 1.29): sidekey-proxy runs as a regular container and may start after the app".into(),
             });
         }
@@ -493,7 +508,7 @@ pub fn plan(input: Input<'_>) -> Plan {
         let was = policy
             .status
             .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::READY))
             .is_some_and(|c| c.reason == reason::SERVICE_REVERTED);
         if !was {
             out.events.push(EventSpec {
@@ -521,7 +536,7 @@ pub fn removed_event(deployments: &[&ObjKey]) -> EventSpec {
     let names: Vec<String> = deployments.iter().map(|d| d.to_string()).collect();
     EventSpec {
         warning: false,
-        reason: "Removed".into(),
+        reason: event::REMOVED.into(),
         note: format!("sidekey-proxy sidecar removed from Deployment {}", names.join(", ")),
     }
 }
@@ -534,7 +549,7 @@ fn first_message(targets: &[crate::api::TargetStatus], state: TargetState) -> St
         .unwrap_or_default()
 }
 
-fn condition(policy: &AuthPolicy, type_: &str, (ok, reason, message): (bool, &str, &str), now: jiff::Timestamp) -> Condition {
+fn status_condition(policy: &AuthPolicy, type_: &str, (ok, reason, message): (bool, &str, &str), now: jiff::Timestamp) -> Condition {
     let status = if ok { "True" } else { "False" }.to_string();
     let previous = policy
         .status
@@ -562,7 +577,10 @@ fn status(
 ) -> AuthPolicyStatus {
     AuthPolicyStatus {
         observed_generation: policy.metadata.generation,
-        conditions: vec![condition(policy, "Accepted", accepted, now), condition(policy, "Ready", ready, now)],
+        conditions: vec![
+            status_condition(policy, condition::ACCEPTED, accepted, now),
+            status_condition(policy, condition::READY, ready, now),
+        ],
         target_count: policy.spec.target_refs.len() as i32,
         protected,
         targets: targets.to_vec(),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use crate::cache::ObjKey;
+use crate::cache::{Kind, ObjKey};
 use crate::resolve::Touched;
 
 /// Which policies looked at which objects in their last reconcile, so that a watch event on
@@ -23,15 +23,6 @@ struct IndexInner {
     services: HashMap<ObjKey, BTreeSet<ObjKey>>,
     deployments: HashMap<ObjKey, BTreeSet<ObjKey>>,
     secrets: HashMap<ObjKey, BTreeSet<ObjKey>>,
-}
-
-/// What kind of object a watch event is about, for [`Index::policies_touching`].
-#[derive(Clone, Copy, Debug)]
-pub enum Watched {
-    Route,
-    Service,
-    Deployment,
-    Secret,
 }
 
 impl IndexInner {
@@ -72,13 +63,15 @@ impl Index {
         }
     }
     /// The policies whose last reconcile looked at `key`, sorted.
-    pub fn policies_touching(&self, kind: Watched, key: &ObjKey) -> Vec<ObjKey> {
+    pub fn policies_touching(&self, kind: Kind, key: &ObjKey) -> Vec<ObjKey> {
         let inner = self.inner.lock().expect("index lock");
         let map = match kind {
-            Watched::Route => &inner.routes,
-            Watched::Service => &inner.services,
-            Watched::Deployment => &inner.deployments,
-            Watched::Secret => &inner.secrets,
+            Kind::Route => &inner.routes,
+            Kind::Service => &inner.services,
+            Kind::Deployment => &inner.deployments,
+            Kind::Secret => &inner.secrets,
+            // Policies are the index's keys, never what it looks up.
+            Kind::Policy => return Vec::new(),
         };
         map.get(key).map(|ps| ps.iter().cloned().collect()).unwrap_or_default()
     }

@@ -164,7 +164,7 @@ async fn apply(policy: &AuthPolicy, ctx: &Context) -> Result<Action, Error> {
     // as it is): while a rollout is pending, look at its Pods again soon.
     let status = plan.status.as_ref().or(policy.status.as_ref());
     let pending = status
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == plan::condition::READY))
         .is_some_and(|c| [plan::reason::ROLLOUT_PENDING, plan::reason::SIDECAR_FAILING].contains(&c.reason.as_str()));
     Ok(Action::requeue(if pending { ROLLOUT_POLL } else { Duration::from_secs(300) }))
 }

@@ -19,10 +19,11 @@ use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
 use crate::api::AuthPolicy;
+use crate::cache::Kind;
 use crate::cache::{Cache, ObjKey, StoreIndex, annotated_by};
 use crate::gateway::{HTTPRoute, ReferenceGrant};
 use crate::metrics::Metrics;
-use crate::policy_index::{Index, Watched};
+use crate::policy_index::Index;
 use crate::reconcile::{self, Context};
 use crate::render::{RenderOptions, SidecarMode};
 use crate::write_gate::{GateLayer, WriteGate};
@@ -103,9 +104,30 @@ where
     }
 }
 
+/// `--sidecar-mode`: a mode, or `auto` to pick one by the server's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarSetting {
+    Auto,
+    Fixed(SidecarMode),
+}
+
+impl SidecarSetting {
+    /// The flag's values, as `--help` lists them.
+    pub const VALUES: [&str; 3] = ["auto", "native", "regular"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(SidecarSetting::Auto),
+            "native" => Some(SidecarSetting::Fixed(SidecarMode::Native)),
+            "regular" => Some(SidecarSetting::Fixed(SidecarMode::Regular)),
+            _ => None,
+        }
+    }
+}
+
 pub struct Settings {
     pub proxy_image: String,
-    pub sidecar_mode: String,
+    pub sidecar_mode: SidecarSetting,
     pub metrics_address: SocketAddr,
     pub leader_election: bool,
     pub lease_namespace: String,
@@ -113,11 +135,10 @@ pub struct Settings {
 }
 
 /// `auto` picks native sidecars on Kubernetes ≥ 1.29.
-pub fn sidecar_mode(setting: &str, version: Option<(u32, u32)>) -> SidecarMode {
+pub fn sidecar_mode(setting: SidecarSetting, version: Option<(u32, u32)>) -> SidecarMode {
     match setting {
-        "native" => SidecarMode::Native,
-        "regular" => SidecarMode::Regular,
-        _ => match version {
+        SidecarSetting::Fixed(mode) => mode,
+        SidecarSetting::Auto => match version {
             Some((major, minor)) if major == 1 && minor < 29 => SidecarMode::Regular,
             _ => SidecarMode::Native,
         },
@@ -173,7 +194,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     tokio::spawn(serve_health(health, metrics.clone(), ready.clone()));
 
     let version = client.apiserver_version().await.ok();
-    let mode = sidecar_mode(&settings.sidecar_mode, version.as_ref().and_then(parse_version));
+    let mode = sidecar_mode(settings.sidecar_mode, version.as_ref().and_then(parse_version));
     tracing::info!(server = ?version.as_ref().map(|v| v.git_version.clone()), mode = ?mode, "connected to the API server");
     if mode == SidecarMode::Regular {
         tracing::warn!("native sidecars need Kubernetes 1.29 or newer: injecting sidekey-proxy as a regular container");
@@ -477,7 +498,7 @@ where
         .trigger_backoff(NoExtraBackoff)
         .watches_stream(service_stream, {
             let index = index.clone();
-            move |s: Service| to_refs(index.policies_touching(Watched::Service, &ObjKey::of(&s)))
+            move |s: Service| to_refs(index.policies_touching(Kind::Service, &ObjKey::of(&s)))
         })
         .watches_stream(deployment_stream, {
             let index = index.clone();
@@ -489,7 +510,7 @@ where
         })
         .watches_stream(secret_stream, {
             let index = index.clone();
-            move |s: Secret| to_refs(index.policies_touching(Watched::Secret, &ObjKey::of(&s)))
+            move |s: Secret| to_refs(index.policies_touching(Kind::Secret, &ObjKey::of(&s)))
         });
     if let Some(route_source) = sources.routes {
         let route_stream = listing
@@ -498,7 +519,7 @@ where
             .touched_objects();
         let index = index.clone();
         controller = controller.watches_stream(route_stream, move |r: HTTPRoute| {
-            to_refs(index.policies_touching(Watched::Route, &ObjKey::of(&r)))
+            to_refs(index.policies_touching(Kind::Route, &ObjKey::of(&r)))
         });
     }
     if let Some(grant_source) = sources.grants {
@@ -528,9 +549,9 @@ where
 pub fn policies_for_deployment(index: &Index, services: &[Arc<Service>], d: &Deployment) -> Vec<ObjKey> {
     let key = ObjKey::of(d);
     let selecting: Vec<ObjKey> = services.iter().filter(|s| selects(s, d)).map(|s| ObjKey::of(s.as_ref())).collect();
-    let mut out: BTreeSet<ObjKey> = index.policies_touching(Watched::Deployment, &key).into_iter().collect();
+    let mut out: BTreeSet<ObjKey> = index.policies_touching(Kind::Deployment, &key).into_iter().collect();
     for s in &selecting {
-        out.extend(index.policies_touching(Watched::Service, s));
+        out.extend(index.policies_touching(Kind::Service, s));
     }
     out.into_iter().collect()
 }

@@ -219,12 +219,13 @@ impl Writer<'_> {
             Kind::Policy => policy_version,
             Kind::Deployment => self.cache.deployment(&key).and_then(|d| d.metadata.resource_version.clone()),
             Kind::Service => self.cache.service(&key).and_then(|s| s.metadata.resource_version.clone()),
-            Kind::Secret => None,
+            // Secrets are cached as digests only; routes are never written.
+            Kind::Secret | Kind::Route => None,
         };
-        let (metric_kind, verb) = metric_labels(&w);
+        let verb = verb(&w);
         match self.request(w).await {
             Ok(after) => {
-                self.metrics.write(metric_kind, verb);
+                self.metrics.write(kind.name(), verb);
                 // A delete leaves nothing to wait for: the plan after it no longer looks.
                 if verb != "delete" {
                     self.expectations.wrote(&me, kind, &key, before, after.as_deref());
@@ -235,7 +236,7 @@ impl Writer<'_> {
             Err(kube::Error::Api(s)) if s.code == 409 && kind == Kind::Secret && verb == "create" => Ok(Outcome::Unneeded),
             Err(source) => Err(Error::Api {
                 action,
-                kind: kind_name(kind),
+                kind: kind.name(),
                 key: key.to_string(),
                 source,
             }),
@@ -308,26 +309,14 @@ impl Writer<'_> {
     }
 }
 
-/// `sidekey_controller_api_writes_total`'s labels for a write.
-fn metric_labels(w: &Write<'_>) -> (&'static str, &'static str) {
+/// The `verb` label of `sidekey_controller_api_writes_total` (its `kind` is the object's).
+fn verb(w: &Write<'_>) -> &'static str {
     match w {
-        Write::Apply {
-            kind: Kind::Deployment, ..
-        } => ("Deployment", "apply"),
-        Write::Apply { .. } => ("Service", "apply"),
-        Write::Finalizers { .. } => ("AuthPolicy", "patch"),
-        Write::Status { .. } => ("AuthPolicy", "patch-status"),
-        Write::CreateSecret { .. } => ("Secret", "create"),
-        Write::DeleteSecret { .. } => ("Secret", "delete"),
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Policy => "AuthPolicy",
-        Kind::Deployment => "Deployment",
-        Kind::Service => "Service",
-        Kind::Secret => "Secret",
+        Write::Apply { .. } => "apply",
+        Write::Finalizers { .. } => "patch",
+        Write::Status { .. } => "patch-status",
+        Write::CreateSecret { .. } => "create",
+        Write::DeleteSecret { .. } => "delete",
     }
 }
 

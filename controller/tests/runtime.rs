@@ -15,10 +15,10 @@ use sidekey_controller::api::AuthPolicy;
 use sidekey_controller::cache::{ObjKey, Snapshot, StoreIndex};
 use sidekey_controller::deployment::Deployment;
 use sidekey_controller::expectations::{Expectations, Kind};
-use sidekey_controller::policy_index::{Index, Watched};
+use sidekey_controller::policy_index::Index;
 use sidekey_controller::render::SidecarMode;
 use sidekey_controller::resolve::{self, Touched};
-use sidekey_controller::runtime::{Phase, leader, parse_version, policies_for_deployment, readyz, sidecar_mode};
+use sidekey_controller::runtime::{Phase, SidecarSetting, leader, parse_version, policies_for_deployment, readyz, sidecar_mode};
 
 #[test]
 fn sidecar_mode_follows_the_server_version() {
@@ -28,16 +28,31 @@ fn sidecar_mode_follows_the_server_version() {
         ..Default::default()
     };
     assert_eq!(parse_version(&info("1", "28+")), Some((1, 28)), "EKS/GKE minors carry a +");
-    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "28+"))), SidecarMode::Regular);
-    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "29"))), SidecarMode::Native);
-    assert_eq!(sidecar_mode("auto", parse_version(&info("1", "37"))), SidecarMode::Native);
     assert_eq!(
-        sidecar_mode("auto", None),
+        sidecar_mode(SidecarSetting::Auto, parse_version(&info("1", "28+"))),
+        SidecarMode::Regular
+    );
+    assert_eq!(
+        sidecar_mode(SidecarSetting::Auto, parse_version(&info("1", "29"))),
+        SidecarMode::Native
+    );
+    assert_eq!(
+        sidecar_mode(SidecarSetting::Auto, parse_version(&info("1", "37"))),
+        SidecarMode::Native
+    );
+    assert_eq!(
+        sidecar_mode(SidecarSetting::Auto, None),
         SidecarMode::Native,
         "unknown version: the supported default"
     );
-    assert_eq!(sidecar_mode("regular", Some((1, 33))), SidecarMode::Regular);
-    assert_eq!(sidecar_mode("native", Some((1, 27))), SidecarMode::Native);
+    assert_eq!(
+        sidecar_mode(SidecarSetting::Fixed(SidecarMode::Regular), Some((1, 33))),
+        SidecarMode::Regular
+    );
+    assert_eq!(
+        sidecar_mode(SidecarSetting::Fixed(SidecarMode::Native), Some((1, 27))),
+        SidecarMode::Native
+    );
 }
 
 #[test]
@@ -106,12 +121,12 @@ fn deployment_events_reach_the_policies_that_care() {
     );
     assert!(policies_for_deployment(&index, &services, &dep("web", "web")).is_empty());
     assert_eq!(
-        index.policies_touching(Watched::Service, &ObjKey::new("apps", "api")),
+        index.policies_touching(Kind::Service, &ObjKey::new("apps", "api")),
         [ObjKey::new("apps", "p1"), ObjKey::new("apps", "p2")]
     );
     index.remove(&ObjKey::new("apps", "p2"));
     assert_eq!(
-        index.policies_touching(Watched::Service, &ObjKey::new("apps", "api")),
+        index.policies_touching(Kind::Service, &ObjKey::new("apps", "api")),
         [ObjKey::new("apps", "p1")]
     );
 }

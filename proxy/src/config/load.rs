@@ -26,8 +26,9 @@ pub enum Value {
     List(Vec<String>),
 }
 
+/// Where a value was set: the precedence (flag > environment > file) and the messages name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub enum Source {
     File,
     Env,
     Flag,
@@ -37,7 +38,7 @@ pub enum Origin {
 /// where each came from, never a value: secrets arrive here as plain text.
 #[derive(Default)]
 pub struct Values {
-    map: HashMap<&'static str, (Value, Origin)>,
+    map: HashMap<&'static str, (Value, Source)>,
     /// What loading found without refusing it (unknown environment variables); `Config`
     /// adds its own and reports them all at start-up.
     pub warnings: Vec<String>,
@@ -47,7 +48,7 @@ pub struct Values {
 
 impl std::fmt::Debug for Values {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: std::collections::BTreeMap<_, _> = self.map.iter().map(|(k, (_, origin))| (*k, origin)).collect();
+        let keys: std::collections::BTreeMap<_, _> = self.map.iter().map(|(k, (_, source))| (*k, source)).collect();
         f.debug_struct("Values")
             .field("keys", &keys)
             .field("warnings", &self.warnings)
@@ -80,8 +81,8 @@ impl AzureEnv {
 }
 
 impl Values {
-    fn set(&mut self, opt: &'static Opt, value: Value, origin: Origin) {
-        self.map.insert(opt.key, (value, origin));
+    fn set(&mut self, opt: &'static Opt, value: Value, source: Source) {
+        self.map.insert(opt.key, (value, source));
     }
 
     pub fn is_set(&self, key: &str) -> bool {
@@ -135,7 +136,7 @@ impl Values {
         let mut v = Values::default();
         for (key, value) in pairs {
             let opt = options::by_key(key).ok_or_else(|| unknown(key, "test values"))?;
-            v.set(opt, value.clone(), Origin::File);
+            v.set(opt, value.clone(), Source::File);
         }
         Ok(v)
     }
@@ -186,7 +187,7 @@ where
             option: format!("--{}", opt.flag),
             message: e.to_string(),
         })?;
-        flags.set(opt, value, Origin::Flag);
+        flags.set(opt, value, Source::Flag);
     }
 
     let mut env_values = Values::default();
@@ -205,7 +206,7 @@ where
                     option: name.clone(),
                     message: e.to_string(),
                 })?;
-                env_values.set(opt, value, Origin::Env);
+                env_values.set(opt, value, Source::Env);
             }
             _ => env_values.warnings.push(format!(
                 "ignoring unknown environment variable {name}{}",
@@ -278,7 +279,7 @@ pub fn parse_toml(text: &str, origin: &str) -> Result<Values, ConfigError> {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        values.set(opt, value, Origin::File);
+        values.set(opt, value, Source::File);
     }
     Ok(values)
 }
@@ -312,13 +313,13 @@ pub(super) fn is_default(opt: &Opt, value: &Value) -> bool {
 /// Refuses planned and not-planned options set to anything but oauth2-proxy's default:
 /// silently ignoring, say, `skip_auth_routes` would change who gets in.
 fn check_status(values: &Values) -> Result<(), ConfigError> {
-    for (key, (value, origin)) in &values.map {
+    for (key, (value, source)) in &values.map {
         let opt = options::by_key(key).expect("values only hold known keys");
         let is_default = is_default(opt, value);
-        let where_ = match origin {
-            Origin::File => "the config file",
-            Origin::Env => "the environment",
-            Origin::Flag => "the command line",
+        let where_ = match source {
+            Source::File => "the config file",
+            Source::Env => "the environment",
+            Source::Flag => "the command line",
         };
         match opt.status {
             Status::Planned if !is_default => {
