@@ -213,7 +213,7 @@ impl App {
 
         // Every event while handling the request (auth events, upstream errors) carries its id.
         let span = tracing::info_span!(target: "sidekey::request", "request", request_id = %cx.request_id.to_str().unwrap_or(""));
-        let (mut resp, user) = self.route(req, &cx).instrument(span).await;
+        let (mut resp, user) = self.dispatch(req, &cx).instrument(span).await;
         resp.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
         self.log_request(&cx, resp.status(), user.as_deref());
@@ -249,7 +249,8 @@ impl App {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
+    /// Sends the request to its endpoint: the proxy's own pages, or the protected app.
+    async fn dispatch(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         if req.method() == Method::CONNECT {
             return (crate::upgrade::connect_refused(), None);
         }
@@ -313,7 +314,7 @@ impl App {
         // app gets it from the front end as the client sent it.
         let forward_auth = self
             .upstreams
-            .route(&path.decoded)
+            .for_path(&path.decoded)
             .is_some_and(|u| matches!(u.target, UpstreamTarget::Static(_)));
         let (skip, rule_path, original) = if forward_auth {
             match self.forwarded_app_request(&req, &as_sent, cx) {
@@ -396,7 +397,7 @@ impl App {
     /// A skip-auth request: no session is read and no identity is sent (client copies of the
     /// identity headers were already stripped); the proxy's cookies still stay here.
     async fn forward_unauthenticated(&self, mut req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
-        let Some(upstream) = self.upstreams.route(req.uri().path()) else {
+        let Some(upstream) = self.upstreams.for_path(req.uri().path()) else {
             return (self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id), None);
         };
         strip_own_cookies(req.headers_mut(), &self.cfg.cookie.name);
@@ -423,7 +424,7 @@ impl App {
             return (self.fail(failure, &cx.request_id), Some(session.email.clone()));
         }
         metrics::decision("allowed");
-        let Some(upstream) = self.upstreams.route(req.uri().path()) else {
+        let Some(upstream) = self.upstreams.for_path(req.uri().path()) else {
             return (
                 self.fail(Failure::Upstream(UpstreamError::NoRoute), &cx.request_id),
                 Some(session.email.clone()),

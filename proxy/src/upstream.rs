@@ -65,7 +65,7 @@ impl Upstreams {
     }
 
     /// The upstream with the longest path prefix matching `path` (routes are sorted so).
-    pub fn route(&self, path: &str) -> Option<&Upstream> {
+    pub fn for_path(&self, path: &str) -> Option<&Upstream> {
         self.routes.iter().find(|u| prefix_matches(&u.path, path))
     }
 
