@@ -1,6 +1,8 @@
-//! The I/O shell: executes a [`Plan`] against the API server, and undoes everything when a
-//! policy is deleted. Every request is a write (reads come from the cache), which is what the
-//! mock-API tests count.
+//! One reconcile of a policy: wait for the caches and for our own earlier writes to show,
+//! plan (or, for a deleted policy, plan the clean-up), and hand the plan to the
+//! [`Writer`](crate::writer::Writer); then decide when to look again, with a back-off keyed on
+//! the write that failed. Every request is a write (reads come from the cache), except the
+//! Pod list of a pending rollout, which is what the mock-API tests count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
