@@ -162,10 +162,10 @@ impl App {
             sessions: Sessions::new(
                 &cfg.cookie.name,
                 cfg.cookie.secret.expose(),
-                cfg.redis.as_ref().map(RedisStore::new).transpose().map_err(StartError::Redis)?,
+                cfg.redis.as_ref().map(RedisStore::new).transpose()?,
             ),
             csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
-            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers).map_err(StartError::Upstreams)?,
+            upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers),
             oidc,
             clock,
             paths,

@@ -26,6 +26,21 @@ pub enum HttpError {
     TooLarge { url: String },
 }
 
+/// A CA file that cannot be trusted: unreadable, not PEM, or a certificate rustls refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("{path}: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error("{path}: no PEM certificates found")]
+    Empty { path: PathBuf },
+    #[error("{path}: {source}")]
+    Refused {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send>>;
@@ -36,19 +51,32 @@ pub struct HttpClient {
     timeout: Duration,
 }
 
+/// A rustls client config trusting the built-in web roots.
+pub fn web_roots_tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
+}
+
 /// A rustls client config trusting the built-in web roots and the given PEM files.
-pub fn tls_config(extra_ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(extra_ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, CaFileError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_ca_files {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| CaFileError::Unreadable {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if certs.is_empty() {
-            return Err(format!("{}: no PEM certificates found", path.display()));
+            return Err(CaFileError::Empty { path: path.clone() });
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|source| CaFileError::Refused {
+                path: path.clone(),
+                source,
+            })?;
         }
     }
     Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
@@ -68,7 +96,7 @@ pub fn https_connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> 
 }
 
 impl HttpClient {
-    pub fn new(extra_ca_files: &[PathBuf], timeout: Duration) -> Result<Self, String> {
+    pub fn new(extra_ca_files: &[PathBuf], timeout: Duration) -> Result<Self, CaFileError> {
         let connector = https_connector(tls_config(extra_ca_files)?, timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))

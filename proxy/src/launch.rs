@@ -31,7 +31,7 @@ async fn serve_worker(
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("option `provider_ca_files`: {0}")]
-    ProviderCa(String),
+    ProviderCa(#[from] http_client::CaFileError),
     #[error("option `authenticated_emails_file`: cannot read {path}: {source}")]
     EmailsFile {
         path: std::path::PathBuf,
@@ -39,9 +39,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("the Redis session store: {0}")]
-    Redis(String),
-    #[error("option `upstreams`: {0}")]
-    Upstreams(String),
+    Redis(#[from] redis::RedisError),
     #[error("option `metrics_address`: cannot listen on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -49,6 +47,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("option `tls_cert_file`: {0}")]
+    KeyPair(#[from] tls::KeyPairError),
+    #[error("options `tls_min_version` and `tls_cipher_suites`: {0}")]
     Tls(String),
     #[error("option `https_address`: cannot listen on {addr}: {source}")]
     Https {
@@ -76,7 +76,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let workers = listeners.len().max(1);
-    let http = http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT).map_err(StartError::ProviderCa)?;
+    let http = http_client::HttpClient::new(&cfg.provider.ca_files, PROVIDER_TIMEOUT)?;
     let oidc = Arc::new(oidc::Oidc::new(cfg.provider.clone(), http.clone(), clock.clone()));
     let cfg_metrics = cfg.metrics_address;
     let cfg_https = cfg.https.clone();
@@ -112,7 +112,7 @@ pub async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let (tls, reload) = match &cfg_https {
         Some((_, settings)) => {
-            let cert = tls::ReloadingCert::new(settings.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+            let cert = tls::ReloadingCert::new(settings.clone())?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().map_err(StartError::Tls)?));
             (Some(acceptor), Some(tokio::spawn(cert.watch())))
         }

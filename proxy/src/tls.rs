@@ -39,23 +39,64 @@ pub fn suite_by_name(name: &str) -> Result<SupportedCipherSuite, String> {
         })
 }
 
+/// Why a certificate and key pair does not load; each names the file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPairError {
+    #[error("cannot read {}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
+    #[error("{} is not a PEM certificate chain: {message}", path.display())]
+    NotPem { path: PathBuf, message: String },
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} holds no usable PEM private key: {message}", path.display())]
+    NoKey { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    KeyRefused {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{} does not belong to {}: {source}", key.display(), cert.display())]
+    Mismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// Reads a certificate chain and its private key (PEM).
-pub fn load_key_pair(cert_file: &Path, key_file: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+pub fn load_key_pair(cert_file: &Path, key_file: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, KeyPairError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?
+        .map_err(|e| KeyPairError::Unreadable {
+            path: cert_file.into(),
+            message: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert_file.display()))?;
+        .map_err(|e| KeyPairError::NotPem {
+            path: cert_file.into(),
+            message: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert_file.display()));
+        return Err(KeyPairError::NoCertificate { path: cert_file.into() });
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{} holds no usable PEM private key: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| KeyPairError::NoKey {
+        path: key_file.into(),
+        message: e.to_string(),
+    })?;
     let key = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        .map_err(|source| KeyPairError::KeyRefused {
+            path: key_file.into(),
+            source,
+        })?;
     let pair = CertifiedKey::new(chain, key);
-    pair.keys_match()
-        .map_err(|e| format!("{} does not belong to {}: {e}", key_file.display(), cert_file.display()))?;
+    pair.keys_match().map_err(|source| KeyPairError::Mismatch {
+        key: key_file.into(),
+        cert: cert_file.into(),
+        source,
+    })?;
     Ok(pair)
 }
 
@@ -84,7 +125,7 @@ impl std::fmt::Debug for ReloadingCert {
 }
 
 impl ReloadingCert {
-    pub fn new(settings: TlsSettings) -> Result<Arc<ReloadingCert>, String> {
+    pub fn new(settings: TlsSettings) -> Result<Arc<ReloadingCert>, KeyPairError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let s = stamp(&settings);
         let pair = load_key_pair(&settings.cert_file, &settings.key_file, &provider)?;
@@ -166,7 +207,9 @@ mod tests {
     #[test]
     fn missing_files_name_the_path() {
         let p = rustls::crypto::ring::default_provider();
-        let err = load_key_pair(Path::new("/nonexistent/tls.crt"), Path::new("/nonexistent/tls.key"), &p).unwrap_err();
+        let err = load_key_pair(Path::new("/nonexistent/tls.crt"), Path::new("/nonexistent/tls.key"), &p)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/tls.crt"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::body::{Body, empty, full};
 use crate::config::{Upstream, UpstreamTarget};
 use crate::forwarded::Origin;
-use crate::http_client::{HttpsConnector, https_connector, tls_config};
+use crate::http_client::{HttpsConnector, https_connector, web_roots_tls_config};
 use crate::upgrade::{self, Switch};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +47,8 @@ struct Pools {
 }
 
 impl Upstreams {
-    pub fn new(routes: Vec<Upstream>, timeout: Duration, workers: usize) -> Result<Self, String> {
-        let connector = https_connector(tls_config(&[])?, timeout.min(Duration::from_secs(10)));
+    pub fn new(routes: Vec<Upstream>, timeout: Duration, workers: usize) -> Self {
+        let connector = https_connector(web_roots_tls_config(), timeout.min(Duration::from_secs(10)));
         let pools = (0..workers.max(1))
             .map(|_| Pools {
                 client: Client::builder(TokioExecutor::new())
@@ -61,7 +61,7 @@ impl Upstreams {
                     .build(connector.clone()),
             })
             .collect();
-        Ok(Upstreams { routes, pools, timeout })
+        Upstreams { routes, pools, timeout }
     }
 
     /// The upstream with the longest path prefix matching `path` (routes are sorted so).

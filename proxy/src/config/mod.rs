@@ -433,7 +433,8 @@ fn https_config(v: &Values) -> Result<Option<(SocketAddr, crate::tls::TlsSetting
         .map(|n| crate::tls::suite_by_name(n))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| invalid("tls_cipher_suites", m))?;
-    crate::tls::load_key_pair(&cert, &key, &rustls::crypto::ring::default_provider()).map_err(|m| invalid("tls_cert_file", m))?;
+    crate::tls::load_key_pair(&cert, &key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| invalid("tls_cert_file", e.to_string()))?;
     let address = parse_listen_address(&v.str("https_address")).map_err(|m| invalid("https_address", m))?;
     Ok(Some((
         address,

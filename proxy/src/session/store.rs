@@ -115,7 +115,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(cfg: &RedisConfig) -> Result<Arc<RedisStore>, String> {
+    pub fn new(cfg: &RedisConfig) -> Result<Arc<RedisStore>, redis::RedisError> {
         let certs = || redis::TlsCertificates {
             client_tls: None,
             root_cert: cfg.ca_pem.clone(),
@@ -125,12 +125,10 @@ impl RedisStore {
                 cfg.sentinel_urls
                     .iter()
                     .map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).map(|i| i.addr().clone()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())?,
+                    .collect::<Result<Vec<_>, _>>()?,
                 &cfg.sentinel_master,
                 redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             if let Some(p) = &cfg.sentinel_password {
                 b = b.set_client_to_sentinel_password(p.expose());
             }
@@ -145,7 +143,7 @@ impl RedisStore {
                     .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
                     .set_client_to_redis_certificates(certs());
             }
-            Backend::Sentinel(Mutex::new(b.build().map_err(|e| e.to_string())?))
+            Backend::Sentinel(Mutex::new(b.build()?))
         } else if !cfg.cluster_urls.is_empty() {
             let mut b = redis::cluster::ClusterClientBuilder::new(cfg.cluster_urls.iter().map(String::as_str))
                 .connection_timeout(cfg.timeout)
@@ -160,9 +158,9 @@ impl RedisStore {
             if cfg.ca_pem.is_some() {
                 b = b.certs(certs());
             }
-            Backend::Cluster(b.build().map_err(|e| e.to_string())?)
+            Backend::Cluster(b.build()?)
         } else {
-            let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str()).map_err(|e| e.to_string())?;
+            let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())?;
             let mut redis_info = info.redis_settings().clone();
             if let Some(p) = &cfg.password {
                 redis_info = redis_info.set_password(p.expose());
@@ -174,8 +172,7 @@ impl RedisStore {
             let client = match &cfg.ca_pem {
                 Some(_) => Client::build_with_tls(info, certs()),
                 None => Client::open(info),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             Backend::Single(client)
         };
         Ok(Arc::new(RedisStore {
