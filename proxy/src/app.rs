@@ -32,6 +32,7 @@ use crate::pages;
 use crate::redirect::RedirectPolicy;
 use crate::refresh::{self, Outcome, SingleFlight};
 use crate::routes;
+use crate::secret::{Exposed, Secret};
 use crate::session::codec::{Purpose, Sealer};
 use crate::session::cookies::{CookieWriter, RequestCookies, strip_proxy_cookies};
 use crate::session::store::{Loaded, RedisStore, Sessions, StoreError, Ticket};

@@ -5,6 +5,7 @@
 //! issuer's JWKS (asymmetric algorithms only), `iss`, `aud`/`azp`, `exp` — and no cookie is
 //! ever set for it.
 
+use crate::secret::Secret;
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
@@ -53,8 +54,8 @@ impl BearerVerifier {
             groups: identity.groups,
             created_at: now,
             expires_at,
-            access_token: Some(token.to_string()),
-            id_token: Some(token.to_string()),
+            access_token: Some(Secret::new(token.to_string())),
+            id_token: Some(Secret::new(token.to_string())),
             refresh_token: None,
             tokens_expire_at: Some(expires_at),
             refreshed_at: now,

@@ -1,6 +1,7 @@
 //! Identity headers: stripping every client-sent copy of a header the proxy can set
 //! (any case, `_` for `-`), and setting them from the session.
 
+use crate::secret::Exposed;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
@@ -159,10 +160,10 @@ pub fn set_upstream_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
     if cfg.pass_access_token
         && let Some(t) = &s.access_token
     {
-        put(headers, "x-forwarded-access-token", t);
+        put(headers, "x-forwarded-access-token", t.expose_str());
     }
     if cfg.pass_authorization_header
-        && let Some(v) = s.id_token.as_deref().and_then(bearer)
+        && let Some(v) = s.id_token.exposed().and_then(bearer)
     {
         headers.insert(header::AUTHORIZATION, v);
     }
@@ -183,7 +184,7 @@ pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
         put_or_empty(headers, "x-auth-request-groups", &s.groups.join(","));
         put_or_empty(headers, "x-auth-request-preferred-username", &s.preferred_username);
         if cfg.pass_access_token {
-            put_or_empty(headers, "x-auth-request-access-token", s.access_token.as_deref().unwrap_or(""));
+            put_or_empty(headers, "x-auth-request-access-token", s.access_token.exposed().unwrap_or(""));
         }
     }
     if cfg.set_basic_auth {
@@ -193,7 +194,7 @@ pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
         }
     }
     if cfg.set_authorization_header
-        && let Some(v) = s.id_token.as_deref().and_then(bearer)
+        && let Some(v) = s.id_token.exposed().and_then(bearer)
     {
         headers.insert(header::AUTHORIZATION, v);
     }

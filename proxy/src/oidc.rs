@@ -24,6 +24,7 @@ use crate::client_auth::{self, ClientAuthError, Credential};
 use crate::config::ProviderConfig;
 use crate::entra;
 use crate::http_client::{HttpClient, error_chain};
+use crate::secret::Secret;
 
 /// Clock skew tolerated on `exp`.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
@@ -69,15 +70,15 @@ pub type Metadata = ProviderMetadata<
 >;
 
 /// The signed-in user as the provider describes them.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Identity {
     pub user: String,
     pub email: String,
     pub preferred_username: String,
     pub groups: Vec<String>,
-    pub access_token: Option<String>,
-    pub id_token: Option<String>,
-    pub refresh_token: Option<String>,
+    pub access_token: Option<Secret<String>>,
+    pub id_token: Option<Secret<String>>,
+    pub refresh_token: Option<Secret<String>>,
     pub tokens_expire_at: Option<u64>,
     pub groups_from_graph: bool,
 }
@@ -85,7 +86,7 @@ pub struct Identity {
 /// The tokens never print.
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redact = |t: &Option<String>| t.as_ref().map(|_| "[redacted]");
+        let redact = |t: &Option<Secret<String>>| t.as_ref().map(|_| "[redacted]");
         f.debug_struct("Identity")
             .field("user", &self.user)
             .field("email", &self.email)
@@ -447,12 +448,12 @@ impl Oidc {
             .expires_in
             .map(|e| now + e)
             .or_else(|| claims.get("exp").and_then(|v| v.as_u64()));
-        identity.refresh_token = response.refresh_token;
-        identity.id_token = Some(id_token);
+        identity.refresh_token = response.refresh_token.map(Secret::new);
+        identity.id_token = Some(Secret::new(id_token));
         if identity.groups_from_graph {
             identity.groups = self.graph_groups(&response.access_token).await?;
         }
-        identity.access_token = Some(response.access_token);
+        identity.access_token = Some(Secret::new(response.access_token));
         Ok(identity)
     }
 

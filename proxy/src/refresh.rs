@@ -6,6 +6,7 @@
 //! wait for its result; requests that still carry the old cookie shortly afterwards (the
 //! browser has not stored the new one yet) get the same result instead of a second refresh.
 
+use crate::secret::Secret;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -49,10 +50,10 @@ pub fn apply(old: &Session, r: Refreshed, now: u64) -> Session {
         s.groups = groups;
         s.groups_from_graph = true;
     }
-    s.access_token = Some(r.access_token);
-    s.id_token = r.id_token.or(s.id_token);
+    s.access_token = Some(Secret::new(r.access_token));
+    s.id_token = r.id_token.map(Secret::new).or(s.id_token);
     // Providers that rotate refresh tokens send a new one; others keep the old one valid.
-    s.refresh_token = r.refresh_token.or(s.refresh_token);
+    s.refresh_token = r.refresh_token.map(Secret::new).or(s.refresh_token);
     s.tokens_expire_at = r.tokens_expire_at;
     s.refreshed_at = now;
     s
@@ -120,11 +121,12 @@ impl SingleFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Exposed;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn session(refresh: Option<&str>, refreshed_at: u64, expires: Option<u64>) -> Session {
         Session {
-            refresh_token: refresh.map(String::from),
+            refresh_token: refresh.map(Secret::from),
             refreshed_at,
             tokens_expire_at: expires,
             ..Session::default()
@@ -171,7 +173,7 @@ mod tests {
         };
         let s = apply(&old, r, 50);
         assert_eq!(
-            (s.access_token.as_deref(), s.id_token.as_deref(), s.refresh_token.as_deref()),
+            (s.access_token.exposed(), s.id_token.exposed(), s.refresh_token.exposed()),
             (Some("a2"), Some("id1"), Some("r1"))
         );
         assert_eq!(

@@ -456,7 +456,7 @@ async fn a_refused_refresh_deletes_the_stored_session() {
     let spent = reqwest::Client::new()
         .post(discovery["token_endpoint"].as_str().unwrap())
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.as_str())])
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose_str())])
         .send()
         .await
         .unwrap();

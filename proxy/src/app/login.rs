@@ -91,8 +91,8 @@ impl App {
         let now = unix((self.clock)());
         let login = LoginState {
             state: state.clone(),
-            nonce,
-            pkce_verifier: verifier,
+            nonce: nonce.into(),
+            pkce_verifier: verifier.map(Secret::new),
             redirect: rd,
             redirect_uri,
             expires_at: now + self.cfg.cookie.csrf_expire.as_secs(),
@@ -158,7 +158,7 @@ impl App {
         // A failure is logged once, with the request id, where the page is made (`fail`).
         let identity = self
             .oidc
-            .redeem(&code, &login.redirect_uri, login.pkce_verifier.as_deref(), &login.nonce)
+            .redeem(&code, &login.redirect_uri, login.pkce_verifier.exposed(), login.nonce.expose_str())
             .await?;
         self.authz
             .authorize(&identity.email, &identity.groups)
@@ -221,7 +221,7 @@ impl App {
         self.end_stored_sessions(&cookies, "sign-out").await;
         let id_token = loaded.as_ref().and_then(|l| l.session.id_token.clone());
         if let (Some(template), Some(token)) = (&self.cfg.sign_out.backend_logout_url, &id_token) {
-            let url = template.replace("{id_token}", &utf8_percent_encode(token, UNRESERVED).to_string());
+            let url = template.replace("{id_token}", &utf8_percent_encode(token.expose_str(), UNRESERVED).to_string());
             match self.oidc.backend_logout(&url).await {
                 Ok(status) if status.is_success() || status.is_redirection() => {}
                 Ok(status) => tracing::warn!(status = status.as_u16(), "backend_logout_url answered with an error"),
@@ -235,7 +235,7 @@ impl App {
                     _ => rd.clone(),
                 };
                 self.oidc
-                    .end_session_url(&discovered, id_token.as_deref(), &back)
+                    .end_session_url(&discovered, id_token.exposed(), &back)
                     .map(String::from)
                     .unwrap_or(rd)
             }

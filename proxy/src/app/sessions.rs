@@ -42,7 +42,9 @@ impl App {
         };
         let outcome = self
             .refreshes
-            .run(&refresh_token, || self.refresh_session(&session, ticket.as_ref(), &refresh_token))
+            .run(refresh_token.expose_str(), || {
+                self.refresh_session(&session, ticket.as_ref(), refresh_token.expose_str())
+            })
             .await;
         let cookies = RequestCookies::parse(headers);
         let writer = self.cookie_writer(cx);

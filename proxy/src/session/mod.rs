@@ -5,12 +5,13 @@ pub mod codec;
 pub mod cookies;
 pub mod store;
 
+use crate::secret::Secret;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 /// A signed-in user. Times are Unix seconds.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 pub struct Session {
     pub user: String,
     pub email: String,
@@ -19,9 +20,9 @@ pub struct Session {
     pub created_at: u64,
     /// The session ends here whatever the tokens say (`cookie_expire`).
     pub expires_at: u64,
-    pub access_token: Option<String>,
-    pub id_token: Option<String>,
-    pub refresh_token: Option<String>,
+    pub access_token: Option<Secret<String>>,
+    pub id_token: Option<Secret<String>>,
+    pub refresh_token: Option<Secret<String>>,
     /// When the provider's tokens expire, for refresh.
     pub tokens_expire_at: Option<u64>,
     /// When the tokens were last obtained (login or refresh), for `cookie_refresh`.
@@ -40,9 +41,29 @@ impl Session {
     }
 }
 
+/// Equal field by field, the tokens compared in constant time.
+impl PartialEq for Session {
+    fn eq(&self, o: &Self) -> bool {
+        self.user == o.user
+            && self.email == o.email
+            && self.preferred_username == o.preferred_username
+            && self.groups == o.groups
+            && self.created_at == o.created_at
+            && self.expires_at == o.expires_at
+            && crate::secret::same(&self.access_token, &o.access_token)
+            && crate::secret::same(&self.id_token, &o.id_token)
+            && crate::secret::same(&self.refresh_token, &o.refresh_token)
+            && self.tokens_expire_at == o.tokens_expire_at
+            && self.refreshed_at == o.refreshed_at
+            && self.groups_from_graph == o.groups_from_graph
+    }
+}
+
+impl Eq for Session {}
+
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redact = |t: &Option<String>| t.as_ref().map(|_| "[redacted]");
+        let redact = |t: &Option<Secret<String>>| t.as_ref().map(|_| "[redacted]");
         f.debug_struct("Session")
             .field("user", &self.user)
             .field("email", &self.email)
@@ -61,18 +82,33 @@ impl fmt::Debug for Session {
 }
 
 /// A login in progress, sealed into the CSRF cookie between `/start` and `/callback`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LoginState {
-    /// The `state` parameter sent to the provider.
+    /// The `state` parameter sent to the provider (not secret: it is in the URL and names
+    /// the CSRF cookie; compared in constant time all the same).
     pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: Option<String>,
+    pub nonce: Secret<String>,
+    pub pkce_verifier: Option<Secret<String>>,
     /// Where to send the user after login (already validated).
     pub redirect: String,
     /// The callback URL sent to the provider; the token request must repeat it exactly.
     pub redirect_uri: String,
     pub expires_at: u64,
 }
+
+/// Equal field by field, the nonce and the verifier compared in constant time.
+impl PartialEq for LoginState {
+    fn eq(&self, o: &Self) -> bool {
+        self.state == o.state
+            && self.nonce.ct_eq(o.nonce.expose().as_bytes())
+            && crate::secret::same(&self.pkce_verifier, &o.pkce_verifier)
+            && self.redirect == o.redirect
+            && self.redirect_uri == o.redirect_uri
+            && self.expires_at == o.expires_at
+    }
+}
+
+impl Eq for LoginState {}
 
 impl fmt::Debug for LoginState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
