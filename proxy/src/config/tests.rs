@@ -485,3 +485,35 @@ fn no_secret_prints_in_debug() {
         "{cfg:?}"
     );
 }
+
+/// The loader stores each option as its own kind; every typed read in the config sources must
+/// ask for that kind, or it would read the option as unset.
+#[test]
+fn accessors_ask_for_each_options_own_kind() {
+    use super::options::{Kind, by_key};
+    let sources = [
+        include_str!("mod.rs"),
+        include_str!("provider.rs"),
+        include_str!("cookie_and_redis.rs"),
+        include_str!("load.rs"),
+        include_str!("warnings.rs"),
+    ];
+    let call = regex::Regex::new(r#"\b(str|opt_str|bool|int|list|duration_opt|url_opt)\(\s*(?:v,\s*)?"([a-z0-9_]+)""#).unwrap();
+    let mut checked = 0;
+    for src in sources {
+        for c in call.captures_iter(src) {
+            let (method, key) = (&c[1], &c[2]);
+            let opt = by_key(key).unwrap_or_else(|| panic!("{method}(\"{key}\"): no such option"));
+            let fits = match method {
+                "str" | "opt_str" | "url_opt" => matches!(opt.kind, Kind::Str | Kind::Duration),
+                "duration_opt" => opt.kind == Kind::Duration,
+                "bool" => opt.kind == Kind::Bool,
+                "int" => opt.kind == Kind::Int,
+                _ => opt.kind == Kind::List,
+            };
+            assert!(fits, "{method}(\"{key}\") reads a {:?} option", opt.kind);
+            checked += 1;
+        }
+    }
+    assert!(checked > 90, "only {checked} reads found: has the call syntax changed?");
+}
