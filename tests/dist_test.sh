@@ -39,6 +39,11 @@ printf '127.0.0.1 localhost app.sidekey.test\n' >"$root/etc/hosts"
 in_root() {
   if [ "$(id -u)" = 0 ]; then chroot --userspec=65532:65532 "$root" "$@"; else unshare --map-root-user chroot "$root" "$@"; fi
 }
+# In the background: exec, so that $! is the server itself (chroot and unshare exec in turn)
+# and the trap's kill reaches it, not a subshell that would leave it running.
+in_root_exec() {
+  if [ "$(id -u)" = 0 ]; then exec chroot --userspec=65532:65532 "$root" "$@"; else exec unshare --map-root-user chroot "$root" "$@"; fi
+}
 
 in_root /bin/sidekey-proxy --version | grep -q "$version" || fail "sidekey-proxy --version in an empty root"
 in_root /bin/sidekey-controller --version | grep -q "$version" || fail "sidekey-controller --version in an empty root"
@@ -51,7 +56,7 @@ echo "served by the app" >"$root/www/hello.txt"
 python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$root/www" >/dev/null 2>&1 &
 pids+=($!)
 # No IdP: the proxy starts anyway (not ready), and skip-auth routes still work.
-in_root /bin/sidekey-proxy --http-address="127.0.0.1:$proxy_port" \
+in_root_exec /bin/sidekey-proxy --http-address="127.0.0.1:$proxy_port" \
   --upstream="http://app.sidekey.test:$app_port/" --skip-auth-route='^/hello\.txt$' \
   --provider=oidc --oidc-issuer-url=http://127.0.0.1:9/ --client-id=dist --client-secret=dist \
   --cookie-secret="$(head -c 32 /dev/urandom | base64 | tr -- '+/' '-_')" --email-domain='*' >"$root/proxy.log" 2>&1 &
@@ -62,4 +67,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ "$got" = "served by the app" ] || { cat "$root/proxy.log" >&2; fail "the static proxy did not serve through app.sidekey.test (got '$got')"; }
+cleanup
+trap - EXIT
+for p in "${pids[@]}"; do
+  for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$p" 2>/dev/null || fail "process $p outlived the test"
+done
 echo "ok: $dist/sidekey-proxy ($((proxy_bytes / 1024)) KiB) and sidekey-controller are static and run as 65532 in an empty root; the proxy resolved its upstream from /etc/hosts"
