@@ -30,6 +30,14 @@ impl FrontEnd {
 
 impl Drop for FrontEnd {
     fn drop(&mut self) {
+        // SIGTERM first: an nginx master killed outright leaves its workers running.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
