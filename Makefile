@@ -63,6 +63,7 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy $(FUZZ) --all-targets --no-default-features -- -D warnings
+	scripts/file_sizes.sh
 
 ## docs: regenerate docs/configuration.md from the option table
 docs:
