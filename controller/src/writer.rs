@@ -121,57 +121,19 @@ impl Writer<'_> {
         for key in &plan.create_secrets {
             self.send(Write::CreateSecret { key }, None).await?;
         }
-        for apply in &plan.deployment_applies {
-            self.send(
-                Write::Apply {
-                    kind: Kind::Deployment,
-                    apply,
-                    action: "apply",
-                    undo: false,
-                },
-                None,
-            )
-            .await?;
-            tracing::info!(policy = %self.key(), deployment = %apply.key, "sidecar applied");
-        }
-        for apply in &plan.service_applies {
-            self.send(
-                Write::Apply {
-                    kind: Kind::Service,
-                    apply,
-                    action: "apply",
-                    undo: false,
-                },
-                None,
-            )
-            .await?;
-            tracing::info!(policy = %self.key(), service = %apply.key, "service routed");
-        }
-        for apply in &plan.service_restores {
-            self.send(
-                Write::Apply {
-                    kind: Kind::Service,
-                    apply,
-                    action: "restore",
-                    undo: true,
-                },
-                None,
-            )
-            .await?;
-            tracing::info!(policy = %self.key(), service = %apply.key, "service restored");
-        }
-        for apply in &plan.deployment_releases {
-            self.send(
-                Write::Apply {
-                    kind: Kind::Deployment,
-                    apply,
-                    action: "release",
-                    undo: true,
-                },
-                None,
-            )
-            .await?;
-            tracing::info!(policy = %self.key(), deployment = %apply.key, "sidecar released");
+        // Protect first, then undo what is no longer wanted: Services are restored before
+        // the Deployments behind them are released (the app port exists in old and new pods).
+        let objects = [
+            (&plan.deployment_applies, Kind::Deployment, "apply", false, "sidecar applied"),
+            (&plan.service_applies, Kind::Service, "apply", false, "service routed"),
+            (&plan.service_restores, Kind::Service, "restore", true, "service restored"),
+            (&plan.deployment_releases, Kind::Deployment, "release", true, "sidecar released"),
+        ];
+        for (applies, kind, action, undo, done) in objects {
+            for apply in applies {
+                self.send(Write::Apply { kind, apply, action, undo }, None).await?;
+                tracing::info!(policy = %self.key(), kind = kind.name(), object = %apply.key, "{done}");
+            }
         }
         for key in &plan.delete_secrets {
             self.send(Write::DeleteSecret { key }, None).await?;
