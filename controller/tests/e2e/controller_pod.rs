@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::echo::{OidcClient, SERIAL, WAIT, cluster_ip, echo_app_yaml, wait_ready, wait_rolled_out};
+use crate::echo::{OidcClient, SERIAL, WAIT, echo_namespace, wait_ready, wait_rolled_out};
 use crate::support::{self, ApiServerProcess, Rig, TestNamespace, apply, get_json, http_get, kubectl, wait_for, wait_or_explain};
 
 /// Anonymous requests through the Service, one every 20 ms, counted by what answered.
@@ -245,11 +245,8 @@ fn audit_log(rig: &Rig) -> std::path::PathBuf {
 async fn failover_and_an_api_server_restart_never_expose_the_app() {
     let Some(rig) = support::rig() else { return };
     let _serial = SERIAL.lock().await;
-    let ns = TestNamespace::new(rig, "failover");
+    let (ns, ip) = echo_namespace(rig, "failover").await;
     let n = ns.name.as_str();
-    apply(rig, n, &echo_app_yaml("echo"));
-    wait_rolled_out(rig, n, "echo", false).await;
-    let ip = cluster_ip(rig, n, "echo");
     let client = OidcClient::start(rig, n, &ip);
     apply(rig, n, &client.policy("echo", ""));
     wait_ready(rig, n, "echo").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::host::{Idp, TestCa};
-use crate::support::{Rig, current_condition, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
+use crate::support::{Rig, TestNamespace, apply, current_condition, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
 
 pub const WAIT: Duration = Duration::from_secs(120);
 pub const REPLICAS: usize = 2;
@@ -175,6 +175,16 @@ pub async fn wait_app_direct(addr: &str) -> Value {
         String::new,
     )
     .await
+}
+
+/// A fresh namespace (`prefix-…`) with the echo app rolled out in it, unprotected, and its
+/// Service's ClusterIP: where every scenario starts.
+pub async fn echo_namespace(rig: &'static Rig, prefix: &str) -> (TestNamespace, String) {
+    let ns = TestNamespace::new(rig, prefix);
+    apply(rig, &ns.name, &echo_app_yaml("echo"));
+    wait_rolled_out(rig, &ns.name, "echo", false).await;
+    let ip = cluster_ip(rig, &ns.name, "echo");
+    (ns, ip)
 }
 
 /// ConfigMap `idp-ca` in `ns` with the test CA (`ca.crt`), for a policy's `provider.caBundle`.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::echo::{
-    CLIENT, OidcClient, REPLICAS, SERIAL, WAIT, ca_config_map, cluster_ip, describe_pods, echo_app_yaml, pods, wait_app_direct, wait_ready,
-    wait_rolled_out,
+    CLIENT, OidcClient, REPLICAS, SERIAL, WAIT, ca_config_map, cluster_ip, describe_pods, echo_app_yaml, echo_namespace, pods,
+    wait_app_direct, wait_ready, wait_rolled_out,
 };
 use crate::host::{BRIDGE, Expect, Idp, Redis, TestCa, browser_login, jwt_claims};
 use crate::support::{self, Rig, TestNamespace, apply, get_json, http_get, kubectl, kubectl_ok, wait_or_explain};
@@ -232,11 +232,8 @@ async fn entra_workload_identity_login_through_the_cluster_ip_and_delete_puts_ev
 async fn oidc_client_secret_with_redis_sessions_logs_in_after_the_plain_http_hint() {
     let Some(rig) = support::rig() else { return };
     let _serial = SERIAL.lock().await;
-    let ns = TestNamespace::new(rig, "redis");
+    let (ns, ip) = echo_namespace(rig, "redis").await;
     let n = ns.name.as_str();
-    apply(rig, n, &echo_app_yaml("echo"));
-    wait_rolled_out(rig, n, "echo", false).await;
-    let ip = cluster_ip(rig, n, "echo");
 
     let redis = Redis::start();
     let client = OidcClient::start(rig, n, &ip);
@@ -305,11 +302,9 @@ async fn oidc_client_secret_with_redis_sessions_logs_in_after_the_plain_http_hin
 async fn a_sidecar_that_cannot_start_shows_the_proxys_error() {
     let Some(rig) = support::rig() else { return };
     let _serial = SERIAL.lock().await;
-    let ns = TestNamespace::new(rig, "broken");
+    let (ns, ip) = echo_namespace(rig, "broken").await;
     let n = ns.name.as_str();
-    apply(rig, n, &echo_app_yaml("echo"));
-    wait_rolled_out(rig, n, "echo", false).await;
-    let addr = format!("{}:80", cluster_ip(rig, n, "echo"));
+    let addr = format!("{ip}:80");
     kubectl_ok(
         rig,
         &["-n", n, "create", "secret", "generic", "idp-client", "--from-literal=secret=unused"],
@@ -397,11 +392,8 @@ spec:
 async fn the_proxy_signs_in_with_the_token_the_kubelet_rotated() {
     let Some(rig) = support::rig() else { return };
     let _serial = SERIAL.lock().await;
-    let ns = TestNamespace::new(rig, "rotation");
+    let (ns, ip) = echo_namespace(rig, "rotation").await;
     let n = ns.name.as_str();
-    apply(rig, n, &echo_app_yaml("echo"));
-    wait_rolled_out(rig, n, "echo", false).await;
-    let ip = cluster_ip(rig, n, "echo");
     let (idp, _ca) = entra_idp(rig, n, &ip);
     // The shortest lifetime the API allows.
     apply(rig, n, &entra_policy(&idp, "{ expirationSeconds: 600 }"));
