@@ -39,67 +39,20 @@ use crate::session::store::{Loaded, RedisStore, Sessions, StoreError, Ticket};
 use crate::session::{LoginState, Session};
 use crate::upstream::{UpstreamError, Upstreams};
 
+mod endpoints;
 mod failure;
 mod forward_auth;
 mod login;
 mod responses;
 mod sessions;
 
+use endpoints::{Endpoint, Paths};
 use failure::Failure;
 use responses::{html, redirect, text};
 use sessions::Lookup;
 
 /// RFC 3986 unreserved characters stay as they are (a JWT needs no escaping).
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-struct Paths {
-    start: String,
-    callback: String,
-    sign_in: String,
-    sign_out: String,
-    /// Where sign-out lands without an `rd`: the "You are signed out" page.
-    signed_out: String,
-    userinfo: String,
-    auth: String,
-    /// `auth` + `/`: Envoy's ext_authz appends the app's path to the auth URL.
-    auth_subtree: String,
-}
-
-/// The endpoints a request can be for; everything outside the proxy prefix is the app's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
-    Ping,
-    Ready,
-    Start,
-    Callback,
-    SignIn,
-    SignOut,
-    SignedOut,
-    Userinfo,
-    Auth,
-    /// Under the proxy prefix, but none of ours.
-    Unknown,
-    App,
-}
-
-impl Endpoint {
-    /// A low-cardinality label for the metrics.
-    fn metric_label(self) -> &'static str {
-        match self {
-            Endpoint::Ping => "ping",
-            Endpoint::Ready => "ready",
-            Endpoint::Start => "start",
-            Endpoint::Callback => "callback",
-            Endpoint::SignIn => "sign_in",
-            Endpoint::SignOut => "sign_out",
-            Endpoint::SignedOut => "signed_out",
-            Endpoint::Userinfo => "userinfo",
-            Endpoint::Auth => "auth",
-            Endpoint::Unknown => "unknown",
-            Endpoint::App => "app",
-        }
-    }
-}
 
 pub struct App {
     cfg: Config,
@@ -134,6 +87,21 @@ struct Ctx {
     /// `Authorization: Bearer <jwt>` as the client sent it, with `skip_jwt_bearer_tokens`
     /// (read before identity headers are stripped).
     bearer: Option<String>,
+    /// The request's span, made when first needed: see [`Ctx::span`].
+    span: std::sync::OnceLock<tracing::Span>,
+}
+
+impl Ctx {
+    /// The span that gives every event while handling the request its id. Made only when
+    /// something may log: a signed-in request forwarded as it is logs nothing, and creating
+    /// the span on every request cost about 4% of the proxy's CPU (BENCHMARKS.md).
+    fn span(&self) -> tracing::Span {
+        self.span
+            .get_or_init(
+                || tracing::info_span!(target: "sidekey::request", "request", request_id = %self.request_id.to_str().unwrap_or("")),
+            )
+            .clone()
+    }
 }
 
 impl App {
@@ -148,17 +116,7 @@ impl App {
             None => HashSet::new(),
         };
         emails.extend(cfg.authz.allowed_emails.iter().cloned());
-        let prefix = &cfg.proxy_prefix;
-        let paths = Paths {
-            start: format!("{prefix}/start"),
-            callback: format!("{prefix}/callback"),
-            sign_in: format!("{prefix}/sign_in"),
-            sign_out: format!("{prefix}/sign_out"),
-            signed_out: format!("{prefix}/signed_out"),
-            userinfo: format!("{prefix}/userinfo"),
-            auth: format!("{prefix}/auth"),
-            auth_subtree: format!("{prefix}/auth/"),
-        };
+        let paths = Paths::new(&cfg.proxy_prefix);
         Ok(App {
             authz: Authorizer::new(&cfg.authz.email_domains, emails, &cfg.authz.allowed_groups),
             redirects: RedirectPolicy::new(&cfg.whitelist_domains),
@@ -166,6 +124,7 @@ impl App {
                 &cfg.cookie.name,
                 cfg.cookie.secret.expose(),
                 cfg.redis.as_ref().map(RedisStore::new).transpose()?,
+                workers,
             ),
             csrf: Sealer::new(cfg.cookie.secret.expose(), Purpose::Csrf),
             upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout, workers),
@@ -184,6 +143,12 @@ impl App {
     /// The deadlines the server holds this app's client connections to.
     pub fn limits(&self) -> crate::config::ConnectionLimits {
         self.cfg.limits
+    }
+
+    /// Called on a worker whose clients have all gone quiet: closes the worker's idle
+    /// upstream connections.
+    pub fn close_idle(&self) {
+        self.upstreams.close_idle();
     }
 
     /// Accepts bearer JWTs (`skip_jwt_bearer_tokens`) verified by `verifier`.
@@ -210,13 +175,12 @@ impl App {
             peer,
             origin,
             bearer,
+            span: std::sync::OnceLock::new(),
         };
         req.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
 
-        // Every event while handling the request (auth events, upstream errors) carries its id.
-        let span = tracing::info_span!(target: "sidekey::request", "request", request_id = %cx.request_id.to_str().unwrap_or(""));
-        let (mut resp, user) = self.dispatch(req, &cx).instrument(span).await;
+        let (mut resp, user) = self.dispatch(req, &cx).await;
         resp.headers_mut()
             .insert(self.cfg.logging.request_id_header.clone(), cx.request_id.clone());
         self.log_request(&cx, resp.status(), user.as_deref());
@@ -224,40 +188,28 @@ impl App {
         resp
     }
 
-    /// Which endpoint a path is: decided once, for both routing and the metrics label.
-    fn endpoint(&self, path: &str) -> Endpoint {
-        let p = &self.paths;
-        if path == self.cfg.ping_path {
-            Endpoint::Ping
-        } else if path == self.cfg.ready_path {
-            Endpoint::Ready
-        } else if !(path.starts_with(&self.cfg.proxy_prefix) && path[self.cfg.proxy_prefix.len()..].starts_with('/')) {
-            Endpoint::App
-        } else if path == p.start {
-            Endpoint::Start
-        } else if path == p.callback {
-            Endpoint::Callback
-        } else if path == p.sign_in {
-            Endpoint::SignIn
-        } else if path == p.sign_out {
-            Endpoint::SignOut
-        } else if path == p.signed_out {
-            Endpoint::SignedOut
-        } else if path == p.userinfo {
-            Endpoint::Userinfo
-        } else if path == p.auth || path.starts_with(&p.auth_subtree) {
-            Endpoint::Auth
-        } else {
-            Endpoint::Unknown
-        }
-    }
-
-    /// Sends the request to its endpoint: the proxy's own pages, or the protected app.
+    /// Sends the request to its endpoint: the proxy's own pages, or the protected app. Every
+    /// event while handling the request (auth events, provider and store errors) carries its
+    /// id: the proxy's endpoints run in the request's span, and [`App::protected`] enters it
+    /// wherever something may log.
     async fn dispatch(&self, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
         if req.method() == Method::CONNECT {
             return (crate::upgrade::connect_refused(), None);
         }
-        let result = match self.endpoint(req.uri().path()) {
+        match self.endpoint(req.uri().path()) {
+            Endpoint::App => self.protected(req, cx).await,
+            // Probes, every few seconds: they log only changes of state, which need no id.
+            Endpoint::Ping => (text(StatusCode::OK, "OK"), None),
+            Endpoint::Ready => (self.ready().await, None),
+            // The forward-auth answer runs on every request of the app behind a front end;
+            // like `protected`, it enters the span where something may log.
+            Endpoint::Auth => self.auth(&req, cx).await,
+            endpoint => self.endpoint_of_ours(endpoint, req, cx).instrument(cx.span()).await,
+        }
+    }
+
+    async fn endpoint_of_ours(&self, endpoint: Endpoint, req: Request<Incoming>, cx: &Ctx) -> (Response<Body>, Option<String>) {
+        let result = match endpoint {
             Endpoint::App => return self.protected(req, cx).await,
             Endpoint::Ping => return (text(StatusCode::OK, "OK"), None),
             Endpoint::Ready => return (self.ready().await, None),
@@ -333,7 +285,7 @@ impl App {
             metrics::decision("skipped");
             return self.forward_unauthenticated(req, cx).await;
         }
-        match self.bearer_session(cx).await {
+        match self.bearer_session(cx).instrument(cx.span()).await {
             Some(Ok(session)) => return self.forward(req, cx, &session, &original).await,
             Some(Err(resp)) => return (resp, None),
             None => {}
@@ -347,7 +299,7 @@ impl App {
             let mut resp = if self.cfg.routes.is_api(&rule_path) {
                 text(StatusCode::UNAUTHORIZED, "Unauthorized")
             } else {
-                self.unauthenticated(&req, cx, original).await
+                self.unauthenticated(&req, cx, original).instrument(cx.span()).await
             };
             lookup.add_cookies(&mut resp);
             return (resp, None);
@@ -418,7 +370,8 @@ impl App {
     async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: &Session, original: &str) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             metrics::decision("denied");
-            self.auth_event("denied", &session.email, &denial.to_string());
+            cx.span()
+                .in_scope(|| self.auth_event("denied", &session.email, &denial.to_string()));
             let failure = Failure::Denied {
                 denial,
                 account: session.email.clone(),
@@ -437,6 +390,8 @@ impl App {
         strip_own_cookies(h, &self.cfg.cookie.name);
         headers::set_upstream_headers(h, &self.cfg.headers, session);
         let user = Some(session.email.clone());
+        // Not in the request's span: forwarding logs only at debug level, and its failures
+        // are logged by `fail` with the request id.
         match self
             .upstreams
             .serve(upstream, req, cx.peer, &cx.origin, self.cfg.pass_host_header)

@@ -23,6 +23,20 @@ pub(crate) const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// [`HOP_BY_HOP`] as header names, for removing them without parsing the names per request.
+pub(crate) static HOP_BY_HOP_NAMES: [HeaderName; 10] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("http2-settings"),
+];
+
 /// Every identity header the proxy may set, in canonical lower-case form.
 pub const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-user",
@@ -85,20 +99,24 @@ pub fn remove_connection_nominated(headers: &mut HeaderMap, client_ip_header: &H
             || name == "host"
             || name == "content-length"
     };
-    let named: Vec<HeaderName> = headers
+    // The hop-by-hop headers are left for the upstream code (above).
+    for name in connection_named(headers).into_iter().filter(|n| !kept(n.as_str())) {
+        headers.remove(&name);
+    }
+}
+
+/// The headers a `Connection` header names, other than the hop-by-hop ones (removed in any
+/// case) and `close`: checked first, the usual `keep-alive` and `close` cost nothing.
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        // Left for the upstream code (above); checked first, the usual `keep-alive` costs nothing.
-        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !kept(n.as_str()))
-        .collect();
-    for name in named {
-        headers.remove(&name);
-    }
+        .collect()
 }
 
 /// Removes `names` in every spelling an app framework would read as them.
@@ -203,6 +221,12 @@ pub fn set_response_headers(headers: &mut HeaderMap, cfg: &HeaderConfig, s: &Ses
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_names_are_the_hop_by_hop_list() {
+        let names: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, HOP_BY_HOP);
+    }
 
     #[test]
     fn strips_every_spelling() {

@@ -74,9 +74,10 @@ impl Drop for Open {
     }
 }
 
-/// Calls the idle hook once per quiet spell: after a whole period with no connection open
-/// and none opened, and only if something was served since the last call.
-async fn trim_when_idle(hook: fn()) {
+/// Once per quiet spell (a whole period with no connection open and none opened, and only
+/// if something was served since the last call): `release` (closing idle upstream
+/// connections), then, once their tasks have ended and freed their buffers, `hook`.
+async fn trim_when_idle(release: impl Fn(), hook: impl Fn()) {
     let mut tick = tokio::time::interval(IDLE_TRIM_AFTER);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending = false;
@@ -88,6 +89,8 @@ async fn trim_when_idle(hook: fn()) {
         if OPENED.with(|o| o.replace(false)) {
             pending = true;
         } else if std::mem::take(&mut pending) {
+            release();
+            tokio::time::sleep(Duration::from_millis(100)).await;
             hook();
         }
     }
@@ -151,7 +154,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let scheme: &'static str = if tls.is_some() { "https" } else { "http" };
-    let trimmer = IDLE_HOOK.get().map(|hook| tokio::spawn(trim_when_idle(*hook)));
+    // A quiet worker closes its idle upstream connections, then hands back its free memory.
+    let hook = IDLE_HOOK.get().copied();
+    let trimmer = tokio::spawn(trim_when_idle(
+        {
+            let app = app.clone();
+            move || app.close_idle()
+        },
+        move || {
+            if let Some(hook) = hook {
+                hook();
+            }
+        },
+    ));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -192,9 +207,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
         });
     }
     drop(listener);
-    if let Some(t) = trimmer {
-        t.abort();
-    }
+    trimmer.abort();
     tracing::info!(scheme, "shutting down: waiting for in-flight requests");
     stop.cancel();
     connections.close();
@@ -286,7 +299,7 @@ mod tests {
             CALLS.fetch_add(1, Ordering::SeqCst);
         }
         let calls = || CALLS.load(Ordering::SeqCst);
-        let trimmer = tokio::spawn(trim_when_idle(hook));
+        let trimmer = tokio::spawn(trim_when_idle(|| {}, hook));
         let wait = |s: f64| tokio::time::sleep(Duration::from_secs_f64(s));
         wait(5.5).await;
         assert_eq!(calls(), 0, "nothing served: nothing to hand back");

@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,6 +20,10 @@ use crate::config::{Upstream, UpstreamTarget};
 use crate::forwarded::Origin;
 use crate::http_client::{HttpsConnector, https_connector, web_roots_tls_config};
 use crate::upgrade::{self, Switch};
+
+mod pool;
+
+use pool::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -41,6 +47,9 @@ pub struct Upstreams {
 }
 
 struct Pools {
+    /// The `http://` upstreams (the sidecar's app): this worker's own keep-alive lists.
+    h1: Vec<(url::Url, Arc<Pool>)>,
+    /// `https://` upstreams.
     client: Client<HttpsConnector, Incoming>,
     /// HTTP/2 with prior knowledge for `h2c://` upstreams (gRPC without TLS).
     h2c: Client<HttpsConnector, Incoming>,
@@ -48,9 +57,24 @@ struct Pools {
 
 impl Upstreams {
     pub fn new(routes: Vec<Upstream>, timeout: Duration, workers: usize) -> Self {
-        let connector = https_connector(web_roots_tls_config(), timeout.min(Duration::from_secs(10)));
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        let connector = https_connector(web_roots_tls_config(), connect_timeout);
+        let plain: Vec<(url::Url, Authority)> = routes
+            .iter()
+            .filter_map(|u| match &u.target {
+                UpstreamTarget::Http(url) if url.scheme() == "http" => {
+                    let authority = url[url::Position::BeforeHost..url::Position::AfterPort].parse().ok()?;
+                    Some((url.clone(), authority))
+                }
+                _ => None,
+            })
+            .collect();
         let pools = (0..workers.max(1))
             .map(|_| Pools {
+                h1: plain
+                    .iter()
+                    .map(|(url, authority)| (url.clone(), Pool::new(authority.clone(), connect_timeout)))
+                    .collect(),
                 client: Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(256)
@@ -166,26 +190,33 @@ impl Upstreams {
                 headers.remove(header::HOST);
             }
         }
-        *req.uri_mut() = uri;
         let pools = &self.pools[crate::worker::current() % self.pools.len()];
-        let client = if h2c {
-            *req.version_mut() = Version::HTTP_2;
-            &pools.h2c
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            &pools.client
+        let unreachable = |e: &(dyn std::error::Error + 'static)| UpstreamError::Unreachable {
+            origin: origin_text.to_string(),
+            message: crate::http_client::error_chain(e),
         };
-
-        let response = tokio::time::timeout(self.timeout, client.request(req))
+        let sent = async {
+            if let Some((_, pool)) = pools.h1.iter().find(|(u, _)| u == origin) {
+                *req.uri_mut() = pool::origin_form(&uri);
+                *req.version_mut() = Version::HTTP_11;
+                return pool.send(req).await.map(boxed).map_err(|e| unreachable(&e));
+            }
+            *req.uri_mut() = uri;
+            let client = if h2c {
+                *req.version_mut() = Version::HTTP_2;
+                &pools.h2c
+            } else {
+                *req.version_mut() = Version::HTTP_11;
+                &pools.client
+            };
+            client.request(req).await.map(boxed).map_err(|e| unreachable(&e))
+        };
+        let response = tokio::time::timeout(self.timeout, sent)
             .await
             .map_err(|_| UpstreamError::Timeout {
                 origin: origin_text.to_string(),
                 timeout: self.timeout,
-            })?
-            .map_err(|e| UpstreamError::Unreachable {
-                origin: origin_text.to_string(),
-                message: crate::http_client::error_chain(&e),
-            })?;
+            })??;
 
         // Relaying any other 101 would hand the client a tunnel to the app (hyper has already
         // switched the upstream connection, which dropping the response closes).
@@ -202,12 +233,30 @@ impl Upstreams {
         }
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Closes this worker's idle upstream connections (a quiet worker handing back memory).
+    pub fn close_idle(&self) {
+        if let Some(pools) = self.pools.get(crate::worker::current() % self.pools.len()) {
+            for (_, pool) in &pools.h1 {
+                pool.clear();
+            }
+        }
     }
 }
 
+/// An upstream response with its body as the proxy's body type (the connection upgrade,
+/// kept in the extensions, goes along).
+fn boxed<B>(resp: Response<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+{
+    resp.map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
 /// Joins the two upgraded connections once both sides have switched protocols.
-fn switch_protocols(mut upstream: Response<Incoming>, client: hyper::upgrade::OnUpgrade) -> Response<Body> {
+fn switch_protocols(mut upstream: Response<Body>, client: hyper::upgrade::OnUpgrade) -> Response<Body> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream);
     tokio::spawn(async move {
         match tokio::try_join!(client, upstream_upgrade) {
@@ -230,18 +279,11 @@ fn switch_protocols(mut upstream: Response<Incoming>, client: hyper::upgrade::On
 /// An upstream response's hop-by-hop headers, with those its `Connection` names. The proxy
 /// sets its own response headers after this.
 fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in crate::headers::connection_named(headers) {
         headers.remove(name);
     }
-    for name in crate::headers::HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &crate::headers::HOP_BY_HOP_NAMES {
+        headers.remove(name);
     }
 }
 

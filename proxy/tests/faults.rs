@@ -30,7 +30,11 @@ fn session_cookie() -> String {
 }
 
 async fn signed_in_get(url: &str) -> reqwest::Result<reqwest::Response> {
-    reqwest::Client::new().get(url).header("cookie", session_cookie()).send().await
+    signed_in_get_with(&reqwest::Client::new(), url).await
+}
+
+async fn signed_in_get_with(client: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    client.get(url).header("cookie", session_cookie()).send().await
 }
 
 /// Reads until the server closes the connection; what it sent.
@@ -448,12 +452,7 @@ async fn resetting_upstreams_give_a_quick_502_and_leak_nothing() {
         let client = reqwest::Client::new();
         for _ in 0..300 {
             let t = Instant::now();
-            let resp = client
-                .get(format!("{url}/page"))
-                .header("cookie", session_cookie())
-                .send()
-                .await
-                .unwrap();
+            let resp = signed_in_get_with(&client, &format!("{url}/page")).await.unwrap();
             assert_eq!(resp.status(), 502, "reset={reset}");
             assert!(t.elapsed() < Duration::from_secs(1), "reset={reset}: {:?}", t.elapsed());
         }
@@ -497,4 +496,85 @@ async fn a_client_vanishing_mid_request_costs_nothing() {
         .await
         .unwrap();
     assert!(read_to_close(&mut s).await.starts_with("HTTP/1.1 200"));
+}
+
+/// An HTTP/1.1 upstream that counts its connections and drops each after `per_connection`
+/// responses without saying so (no `Connection: close`), as one whose keep-alive limit or
+/// idle timeout ran out would. Every response names its connection.
+async fn counting_upstream(per_connection: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..per_connection {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let body = format!("connection {n}");
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/"), accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_one_the_upstream_dropped_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = counting_upstream(3).await;
+    // One worker, so that every request meets the same connection list.
+    let (_proxy, url) = spawn_binary(&upstream, &["--workers=1"]).await;
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        let resp = signed_in_get_with(&client, &format!("{url}/page")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        seen.push(resp.text().await.unwrap());
+        // Time for the upstream's close to arrive, so that the next request meets a
+        // connection known to be closed, not the keep-alive race every client has.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected: Vec<String> = (1..=3).flat_map(|n| std::iter::repeat_n(format!("connection {n}"), 3)).collect();
+    assert_eq!(seen, expected, "each connection serves three requests, then a new one is made");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // Two waves of 100 concurrent requests: every one answered, and the second wave runs
+    // on the connections the first one left open.
+    let (upstream, accepted) = counting_upstream(usize::MAX).await;
+    let (_proxy, url) = spawn_binary(&upstream, &["--workers=1"]).await;
+    for wave in 1..=2 {
+        let requests = (0..100).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let resp = signed_in_get_with(&client, &format!("{url}/page")).await.unwrap();
+                (resp.status(), resp.text().await.unwrap())
+            }
+        });
+        let answers = futures_util::future::join_all(requests).await;
+        assert!(
+            answers.iter().all(|(s, body)| *s == 200 && body.starts_with("connection ")),
+            "wave {wave}: {answers:?}"
+        );
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=100).contains(&opened),
+            "wave {wave}: {opened} upstream connections for 100 requests"
+        );
+    }
 }

@@ -520,7 +520,7 @@ async fn a_refresh_never_brings_back_a_deleted_session() {
         idle_timeout: None,
     };
     let secret = sidekey_proxy::config::parse_cookie_secret(COOKIE_SECRET).unwrap();
-    let sessions = Sessions::new("_oauth2_proxy", &secret, Some(RedisStore::new(&cfg).unwrap()));
+    let sessions = Sessions::new("_oauth2_proxy", &secret, Some(RedisStore::new(&cfg).unwrap()), 1);
     let now = now_secs();
     let session = Session {
         email: "alice@example.com".into(),

@@ -29,7 +29,7 @@ impl App {
             }
         }
         let constraints = Constraints::from_query(req.uri().query());
-        let mut lookup = match self.bearer_session(cx).await {
+        let mut lookup = match self.bearer_session(cx).instrument(cx.span()).await {
             Some(Ok(session)) => Lookup {
                 session: Some(Arc::new(session)),
                 set_cookies: vec![],
@@ -54,7 +54,7 @@ impl App {
                 }
                 Err(denial) => {
                     metrics::decision("denied");
-                    self.auth_event("denied", &s.email, &denial.to_string());
+                    cx.span().in_scope(|| self.auth_event("denied", &s.email, &denial.to_string()));
                     (text(StatusCode::FORBIDDEN, "Forbidden"), Some(s.email.clone()))
                 }
             },

@@ -40,6 +40,22 @@ impl App {
                 set_cookies: vec![],
             });
         };
+        // A refresh logs (provider errors, refresh events): in the request's span from here.
+        self.refreshed(session, ticket, refresh_token, headers, cx, now)
+            .instrument(cx.span())
+            .await
+    }
+
+    /// The lookup after refreshing `session` (or waiting for another request's refresh).
+    async fn refreshed(
+        &self,
+        session: Arc<Session>,
+        ticket: Option<Ticket>,
+        refresh_token: Secret<String>,
+        headers: &HeaderMap,
+        cx: &Ctx,
+        now: u64,
+    ) -> Result<Lookup, StoreError> {
         let outcome = self
             .refreshes
             .run(refresh_token.expose_str(), || {

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod cookies;
+mod opened;
 pub mod store;
 
 use crate::secret::Secret;

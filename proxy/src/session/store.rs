@@ -9,9 +9,7 @@
 //! Connections are made lazily and re-made after an error, so Redis being down at start or
 //! later never takes the proxy down: callers get [`StoreError`] and show a clear page.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -23,6 +21,7 @@ use tokio::sync::Mutex;
 
 use super::Session;
 use super::codec::{Purpose, Sealer};
+use super::opened::Opened;
 use crate::config::RedisConfig;
 
 /// What the session cookie carries with the Redis store: the session's key in Redis and the
@@ -282,8 +281,7 @@ impl RedisStore {
 /// The session's home, cookie or Redis, behind one interface for the request path.
 pub struct Sessions {
     cookie_name: String,
-    /// Cookie store: values already opened, so a browser's every request does not pay for
-    /// base64, AES-GCM, lz4 and deserializing again (most of the cost of `/oauth2/auth`).
+    /// Cookie store: values already opened (most of the cost of `/oauth2/auth`).
     opened: Opened,
     /// Seals whole sessions (cookie store) ...
     sessions: Sealer,
@@ -298,58 +296,17 @@ pub struct Loaded {
     pub ticket: Option<Ticket>,
 }
 
-/// Cookie values that opened, by their exact text. A value is self-contained (sealed with
-/// the one cookie secret), so the same text always opens to the same session; only values
-/// that authenticated get here, and expiry is still checked on every request. Bounded by
-/// bytes, emptied when full: memory stays small and an attacker's flood of distinct valid
-/// cookies costs no more than opening them.
-struct Opened {
-    entries: std::sync::Mutex<HashMap<Box<str>, Arc<Session>>>,
-    bytes: AtomicUsize,
-}
-
-/// Key text plus an estimate of the session, counted against this budget.
-const OPENED_BUDGET: usize = 1024 * 1024;
-
-impl Opened {
-    fn new() -> Self {
-        Opened {
-            entries: std::sync::Mutex::new(HashMap::new()),
-            bytes: AtomicUsize::new(0),
-        }
-    }
-
-    fn get(&self, value: &str) -> Option<Arc<Session>> {
-        self.entries.lock().expect("opened lock").get(value).cloned()
-    }
-
-    fn insert(&self, value: &str, session: Arc<Session>) {
-        let size = value.len() * 2 + std::mem::size_of::<Session>() + session.groups.iter().map(|g| g.len() + 24).sum::<usize>();
-        if size > OPENED_BUDGET / 4 {
-            return;
-        }
-        let mut entries = self.entries.lock().expect("opened lock");
-        if self.bytes.load(Ordering::Relaxed) + size > OPENED_BUDGET {
-            entries.clear();
-            entries.shrink_to(64);
-            self.bytes.store(0, Ordering::Relaxed);
-        }
-        if entries.insert(value.into(), session).is_none() {
-            self.bytes.fetch_add(size, Ordering::Relaxed);
-        }
-    }
-}
-
 /// How long a replica may hold the refresh lock of one session.
 const REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
 /// How long another replica waits for that refresh before giving up.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 
 impl Sessions {
-    pub fn new(cookie_name: &str, cookie_secret: &[u8], redis: Option<Arc<RedisStore>>) -> Sessions {
+    /// `workers`: how many server workers load sessions (one cache shard each).
+    pub fn new(cookie_name: &str, cookie_secret: &[u8], redis: Option<Arc<RedisStore>>, workers: usize) -> Sessions {
         Sessions {
             cookie_name: cookie_name.to_string(),
-            opened: Opened::new(),
+            opened: Opened::new(workers),
             sessions: Sealer::new(cookie_secret, Purpose::Session),
             tickets: Sealer::new(cookie_secret, Purpose::Ticket),
             redis,
@@ -509,6 +466,7 @@ fn refresh_lock_key(cookie_name: &str, t: &Ticket) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::opened;
 
     #[test]
     fn a_ticket_never_prints() {
@@ -517,7 +475,7 @@ mod tests {
     }
 
     fn cookie_store() -> Sessions {
-        Sessions::new("_oauth2_proxy", &[7u8; 32], None)
+        Sessions::new("_oauth2_proxy", &[7u8; 32], None, 1)
     }
 
     fn signed_in(email: &str, expires_at: u64) -> Session {
@@ -551,7 +509,7 @@ mod tests {
         }
         assert!(store.opened.get(&tampered).is_none(), "a value that did not open is never cached");
         // Another process's cache does not matter: a value opens only with its own secret.
-        let other = Sessions::new("_oauth2_proxy", &[8u8; 32], None);
+        let other = Sessions::new("_oauth2_proxy", &[8u8; 32], None, 1);
         assert!(other.load(std::slice::from_ref(&value), 10).await.unwrap().is_none());
     }
 
@@ -567,10 +525,10 @@ mod tests {
                 .unwrap();
             assert!(store.load(std::slice::from_ref(&v), 10).await.unwrap().is_some());
             values.push(v);
-            assert!(store.opened.bytes.load(Ordering::Relaxed) <= OPENED_BUDGET);
+            assert!(store.opened.bytes() <= opened::BUDGET);
         }
         // Emptied when full, and every value still opens afterwards.
-        let held = store.opened.entries.lock().unwrap().len();
+        let held = store.opened.len();
         assert!(held < 3000, "{held} entries");
         for v in values.iter().step_by(97) {
             assert!(store.load(std::slice::from_ref(v), 10).await.unwrap().is_some());
