@@ -6,7 +6,9 @@
 #
 # For profiling: BENCH_ONLY="3 5" runs just those scenarios (and skips the footprint and
 # the report); BENCH_PROXY=target/profiling/sidekey-proxy uses another build (see the
-# `profiling` profile in Cargo.toml); BENCH_PERF=1 records `perf` for each sidekey run.
+# `profiling` profile in Cargo.toml); BENCH_PERF=1 records `perf` for each sidekey run;
+# BENCH_HOLD=<file> starts everything, signs in, writes the addresses and cookies to <file>
+# and waits (for perf or strace by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${BENCH_DURATION:-5}"
@@ -156,6 +158,25 @@ login "$p_redis" alice alice-password "$work/cookie-redis"
 grep -q '_oauth2_proxy_1=' "$work/cookie-big" || { echo "bench: the large session did not split into two cookies" >&2; exit 1; }
 grep -q '_oauth2_proxy_1=' "$work/cookie-small" && { echo "bench: the small session split" >&2; exit 1; }
 
+if [ -n "${BENCH_HOLD:-}" ]; then
+  # For profiling by hand: the servers stay up, and $BENCH_HOLD (a file) says where.
+  {
+    echo "upstream=http://127.0.0.1:$up/"
+    echo "nginx_proxy=http://127.0.0.1:$ngx/"
+    echo "nginx_202=http://127.0.0.1:$r202/"
+    echo "auth_request=http://127.0.0.1:$areq/"
+    echo "sidekey=http://127.0.0.1:$p_cookie/"
+    echo "sidekey_pid=$(cat "$work/proxy-$p_cookie.pid")"
+    echo "sidekey_redis=http://127.0.0.1:$p_redis/"
+    echo "sidekey_redis_pid=$(cat "$work/proxy-$p_redis.pid")"
+    echo "cookie_small='$(cat "$work/cookie-small")'"
+    echo "cookie_big='$(cat "$work/cookie-big")'"
+    echo "cookie_redis='$(cat "$work/cookie-redis")'"
+  } >"$BENCH_HOLD"
+  echo "bench: holding; the servers are in $BENCH_HOLD; stop with Ctrl-C" >&2
+  while :; do sleep 3600; done
+fi
+
 results="$work/results.jsonl"
 # Scenarios: id, label, url, cookie file. Every one is measured in each of BENCH_ROUNDS
 # rounds (default 3), a round visiting them all in turn, so that a burst of noise from
@@ -181,6 +202,23 @@ scenario 6 "nginx auth_request -> sidekey -> upstream" "http://127.0.0.1:$areq/"
 scenario 7 "sidekey-proxy, Redis session store" "http://127.0.0.1:$p_redis/" "$work/cookie-redis"
 scenario 8 "unauthenticated (redirect to sign-in)" "http://127.0.0.1:$p_unauth/"
 
+# thread_cpu <pid>: {"<thread name> <tid>": user+system clock ticks} for every thread
+thread_cpu() {
+  python3 - "$1" <<'PY'
+import json, os, sys
+out = {}
+for tid in os.listdir(f"/proc/{sys.argv[1]}/task"):
+    try:
+        stat = open(f"/proc/{sys.argv[1]}/task/{tid}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    out[f"{name} {tid}"] = int(fields[11]) + int(fields[12])
+print(json.dumps(out))
+PY
+}
+
 # measure <round> <mode> <id|label|url|cookie file>
 measure() {
   local round=$1 mode=$2 id label url cookie_file cookie="" conns=64 delay=0 perf_pid="" out
@@ -188,17 +226,29 @@ measure() {
   [ -n "$cookie_file" ] && cookie=$(cat "$cookie_file")
   [ "$mode" = moderate ] && conns=20 delay=10
   if [ -n "${BENCH_PERF:-}" ] && [ "$mode" = saturation ] && [ "$round" = 1 ]; then
+    # Two recordings of the same run: every process on the machine without stacks (who
+    # gets the two CPUs: wrk, nginx, sidekey, the kernel), and sidekey's own stacks.
+    perf record -a -F 499 -o "bench/perf-$id-all.data" -- sleep "$duration" 2>/dev/null &
+    perf_pid=$!
     local port=${url#http://127.0.0.1:}; port=${port%%/*}
     if [ -f "$work/proxy-$port.pid" ]; then
-      perf record -F 2000 -o "bench/perf-$id.data" -p "$(cat "$work/proxy-$port.pid")" -- sleep "$duration" 2>/dev/null &
-      perf_pid=$!
+      perf record -F 499 --call-graph dwarf,16384 -o "bench/perf-$id.data" -p "$(cat "$work/proxy-$port.pid")" -- sleep "$duration" 2>/dev/null &
+      perf_pid="$perf_pid $!"
     fi
   fi
+  # For a sidekey run: the CPU time of each of its threads over the run, to show how evenly
+  # the kernel's SO_REUSEPORT spreads the connections over the workers.
+  local port=${url#http://127.0.0.1:} proxy_pid="" before="{}" after="{}"
+  port=${port%%/*}
+  [ -f "$work/proxy-$port.pid" ] && proxy_pid=$(cat "$work/proxy-$port.pid")
+  [ -n "$proxy_pid" ] && before=$(thread_cpu "$proxy_pid")
   out=$(BENCH_COOKIE="$cookie" BENCH_DELAY_MS=$delay wrk -t1 -c$conns -d"${duration}s" --timeout 5s -s bench/wrk.lua "$url" 2>&1 >/dev/null | tail -n1)
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(id=sys.argv[2], label=sys.argv[3], mode=sys.argv[4], round=int(sys.argv[5]), connections=int(sys.argv[6]), delay_ms=int(sys.argv[7])); print(json.dumps(d))' \
-    "$out" "$id" "$label" "$mode" "$round" "$conns" "$delay" >>"$results"
+  [ -n "$proxy_pid" ] && after=$(thread_cpu "$proxy_pid")
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b, a = json.loads(sys.argv[8]), json.loads(sys.argv[9]); d.update(id=sys.argv[2], label=sys.argv[3], mode=sys.argv[4], round=int(sys.argv[5]), connections=int(sys.argv[6]), delay_ms=int(sys.argv[7]), thread_cpu_ticks={k: a[k] - b.get(k, 0) for k in a}); print(json.dumps(d))' \
+    "$out" "$id" "$label" "$mode" "$round" "$conns" "$delay" "$before" "$after" >>"$results"
   echo "bench: round $round $id $mode $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("{:,.0f} req/s, p99 {:.2f} ms".format(d["requests"] / d["duration_us"] * 1e6, d["p99_us"] / 1000))' "$(tail -n1 "$results")")" >&2
-  if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
+  # shellcheck disable=SC2086
+  if [ -n "$perf_pid" ]; then wait $perf_pid || true; fi
 }
 # Warm up every path once (connection pools, caches), then the rounds.
 for s in "${scenarios[@]}"; do
@@ -211,6 +261,41 @@ for round in $(seq 1 "$rounds"); do
     measure "$round" moderate "$s"
   done
 done
+
+# Where the CPU of an authenticated request goes (scenario 3) and of a forward-auth answer
+# (5): the same scenarios against the `profiling` build (the release build with symbols),
+# sampled by perf with call stacks, outside the measured rounds. Flame graphs go to
+# bench/flame-<id>.svg, the shares to the report.
+if [ -z "$only" ] || [[ " $only " == *" profile "* ]]; then
+  if perf record -o /dev/null -- true >/dev/null 2>&1; then
+    cargo build --profile profiling --locked -p sidekey-proxy --bin sidekey-proxy 2>"$work/profiling-build.log" \
+      || { cat "$work/profiling-build.log" >&2; exit 1; }
+    tools="${CARGO_TARGET_DIR:-$PWD/target}/tools"
+    if ! [ -x "$tools/bin/inferno-flamegraph" ]; then
+      cargo install inferno --version 0.12.8 --locked --root "$tools" >"$work/inferno.log" 2>&1 \
+        || { cat "$work/inferno.log" >&2; exit 1; }
+    fi
+    p_prof=$(free_port)
+    measured=$proxy
+    proxy="${CARGO_TARGET_DIR:-$PWD/target}/profiling/sidekey-proxy"
+    start_proxy "$p_prof"
+    proxy=$measured
+    for id in 3 5; do
+      path=/; [ "$id" = 5 ] && path=/oauth2/auth
+      BENCH_COOKIE="$(cat "$work/cookie-small")" wrk -t1 -c64 -d2s -s bench/wrk.lua "http://127.0.0.1:$p_prof$path" >/dev/null 2>&1
+      perf record -F 499 --call-graph dwarf,16384 -o "$work/perf-$id.data" -p "$(cat "$work/proxy-$p_prof.pid")" -- sleep "$duration" 2>/dev/null &
+      perf_pid=$!
+      BENCH_COOKIE="$(cat "$work/cookie-small")" wrk -t1 -c64 -d"${duration}s" -s bench/wrk.lua "http://127.0.0.1:$p_prof$path" >/dev/null 2>&1
+      wait "$perf_pid" || true
+      perf script -i "$work/perf-$id.data" 2>/dev/null | "$tools/bin/inferno-collapse-perf" --all >"$work/folded-$id"
+      "$tools/bin/inferno-flamegraph" --minwidth 0.2 --title "sidekey-proxy, scenario $id ($path), wrk -c64" <"$work/folded-$id" >"bench/flame-$id.svg"
+      python3 bench/profile.py "$id" "$work/folded-$id" >>"$results"
+      echo "bench: profile of $id in bench/flame-$id.svg" >&2
+    done
+  else
+    echo "bench: perf cannot sample on this machine: no profile" >&2
+  fi
+fi
 
 # The controller at scale: 1,000 AuthPolicies x 5 Deployments through the real controller
 # loop against a simulated API server (controller/examples/scale.rs).

@@ -22,8 +22,11 @@ if [ "$mode" = test ]; then
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)
   # Argo CD health-check tests (Argo runs the same Lua through gopher-lua).
   [ -x /usr/bin/lua5.4 ] || packages+=(lua5.4)
-  # Load generator for `make bench` only.
-  if [ "${SIDEKEY_NEEDS_WRK:-0}" = 1 ] && [ ! -x /usr/bin/wrk ]; then packages+=(wrk); fi
+  # Load generator and profiler for `make bench` only.
+  if [ "${SIDEKEY_NEEDS_WRK:-0}" = 1 ]; then
+    [ -x /usr/bin/wrk ] || packages+=(wrk)
+    command -v perf >/dev/null 2>&1 || packages+=(linux-perf)
+  fi
 fi
 
 if [ ${#packages[@]} -gt 0 ]; then

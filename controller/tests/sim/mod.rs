@@ -324,6 +324,12 @@ pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    // What the caches alone hold: the controller has stopped, and only its caches (kept
+    // here) are left of it.
+    let stopped_heap_kib = LIVE_BYTES.load(Ordering::Relaxed) / 1024;
+    drop(all);
+    drop(cache);
+    let caches_heap_kib = stopped_heap_kib.saturating_sub(LIVE_BYTES.load(Ordering::Relaxed) / 1024);
 
     // The least any controller could write: per policy a finalizer, the cookie Secret, one
     // apply per Deployment and per Service, and two statuses (rolling out, then Ready).
@@ -353,6 +359,7 @@ pub async fn scale_run_with(policies: usize, faults: Faults) -> Value {
             "world_objects_kib": objects_kib,
             "controller_rss_kib": controller_rss_kib,
             "controller_heap_kib": controller_heap_kib,
+            "caches_heap_kib": caches_heap_kib,
             "peak_heap_kib": PEAK_BYTES.load(Ordering::Relaxed) / 1024,
             "world_heap_kib": world_heap_kib,
     })
