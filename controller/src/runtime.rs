@@ -34,7 +34,7 @@ mod live_cache;
 use health::serve_health;
 pub use health::{Phase, Stopping, readyz};
 pub use live_cache::{Listing, LiveCache};
-use live_cache::{digest_secret, indexed};
+use live_cache::{digest_secret, indexed, slim_service};
 
 /// Reconciles in flight at once. Each holds its rendered patches and the API's answers;
 /// unbounded, a cold start of 1,000 policies held them all at the same time (a heap peak
@@ -456,7 +456,7 @@ where
     // Managed fields are most of an object's size and never read: not kept in memory.
     let service_stream = listing
         .track(indexed(
-            reflector::reflector(sw, sources.services.modify(|s| s.metadata.managed_fields = None)),
+            reflector::reflector(sw, sources.services.modify(slim_service)),
             services.clone(),
             service_index.clone(),
         ))

@@ -184,4 +184,65 @@ pub(super) fn digest_secret(s: &mut Secret) {
     )]));
     s.string_data = None;
     s.metadata.managed_fields = None;
+    // `kubectl apply` keeps the whole Secret, data included, in this annotation.
+    if let Some(a) = s.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What of a Service stays in memory: its spec and sidekey's annotations (the only ones
+/// read). Managed fields, status and other tools' annotations (kubectl's last-applied
+/// configuration is as large as the object) are dropped on arrival.
+pub(super) fn slim_service(s: &mut Service) {
+    s.metadata.managed_fields = None;
+    s.status = None;
+    if let Some(a) = s.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(crate::names::ANNOTATION_PREFIX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_service_keeps_its_spec_and_sidekeys_annotations_only() {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}, "annotations": {
+                "sidekey.dev/policy": "shop/sso",
+                "sidekey.dev/reverts": "{}",
+                LAST_APPLIED: "{\"a\": \"whole object\"}",
+                "argocd.argoproj.io/tracking-id": "shop:/Service:shop/web",
+            }, "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}},
+        }))
+        .unwrap();
+        let spec = svc.spec.clone();
+        slim_service(&mut svc);
+        let kept: Vec<&str> = svc.metadata.annotations.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, ["sidekey.dev/policy", "sidekey.dev/reverts"]);
+        assert!(svc.metadata.managed_fields.is_none() && svc.status.is_none());
+        assert_eq!(svc.spec, spec, "what the resolver reads stays");
+        assert_eq!(svc.metadata.labels.unwrap()["app"], "web");
+    }
+
+    #[test]
+    fn a_cached_secret_keeps_a_digest_and_not_kubectls_copy_of_its_data() {
+        let mut secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cookie", "namespace": "shop", "annotations": {
+                LAST_APPLIED: "{\"data\": {\"cookie-secret\": \"c2VjcmV0\"}}",
+                "sidekey.dev/policy": "shop/sso",
+            }},
+            "data": {"cookie-secret": "c2VjcmV0"},
+        }))
+        .unwrap();
+        digest_secret(&mut secret);
+        let text = serde_json::to_string(&secret).unwrap();
+        assert!(!text.contains("c2VjcmV0"), "{text}");
+        assert!(secret.metadata.annotations.unwrap().contains_key("sidekey.dev/policy"));
+        assert_eq!(secret.data.unwrap().len(), 1, "the digest alone");
+    }
 }

@@ -134,7 +134,7 @@ impl Pool {
     async fn connect(&self) -> Result<http1::SendRequest<Incoming>, PoolError> {
         let authority = &self.authority;
         let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((authority.host(), port)))
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((connect_host(authority), port)))
             .await
             .map_err(|_| PoolError::ConnectTimeout {
                 authority: authority.clone(),
@@ -153,6 +153,12 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// The host to connect to: an IPv6 literal without the brackets a URL puts around it.
+fn connect_host(authority: &Authority) -> &str {
+    let host = authority.host();
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 /// `uri`'s path and query: the origin form an HTTP/1.1 request line carries.
@@ -206,5 +212,24 @@ impl HttpBody for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_host_and_port_of_the_upstream_url() {
+        for (authority, host, port) in [
+            ("127.0.0.1:8080", "127.0.0.1", Some(8080)),
+            ("[::1]:3000", "::1", Some(3000)),
+            ("app.shop.svc", "app.shop.svc", None),
+        ] {
+            let a: Authority = authority.parse().unwrap();
+            assert_eq!((connect_host(&a), a.port_u16()), (host, port), "{authority}");
+        }
+        let uri: Uri = "http://127.0.0.1:8080/base/page?q=1".parse().unwrap();
+        assert_eq!(origin_form(&uri), "/base/page?q=1");
     }
 }
