@@ -106,7 +106,7 @@ pub fn remove_connection_nominated(headers: &mut HeaderMap, client_ip_header: &H
 }
 
 /// The headers a `Connection` header names, other than the hop-by-hop ones (removed in any
-/// case) and `close`: checked first, the usual `keep-alive` and `close` cost nothing.
+/// case): checked first, the usual `keep-alive` costs nothing.
 pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
@@ -114,7 +114,7 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
