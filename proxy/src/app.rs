@@ -42,12 +42,14 @@ use crate::upstream::{UpstreamError, Upstreams};
 mod endpoints;
 mod failure;
 mod forward_auth;
+mod identity_memo;
 mod login;
 mod responses;
 mod sessions;
 
 use endpoints::{Endpoint, Paths};
 use failure::Failure;
+use identity_memo::IdentityMemo;
 use responses::{html, redirect, text};
 use sessions::Lookup;
 
@@ -66,6 +68,8 @@ pub struct App {
     paths: Paths,
     refreshes: SingleFlight,
     bearer: Option<BearerVerifier>,
+    /// The identity headers of cached sessions.
+    identity: IdentityMemo,
     /// Whether the client credential was usable at the last look, to log changes once.
     credential_ok: std::sync::atomic::AtomicBool,
     /// Whether the session store answered the last readiness probe, to log changes once.
@@ -133,6 +137,7 @@ impl App {
             paths,
             refreshes: SingleFlight::default(),
             bearer: None,
+            identity: IdentityMemo::new(workers),
             credential_ok: std::sync::atomic::AtomicBool::new(true),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             warned_plain_http: std::sync::atomic::AtomicBool::new(false),
@@ -286,7 +291,8 @@ impl App {
             return self.forward_unauthenticated(req, cx).await;
         }
         match self.bearer_session(cx).instrument(cx.span()).await {
-            Some(Ok(session)) => return self.forward(req, cx, &session, &original).await,
+            // A bearer token's session is made per request: nothing to remember.
+            Some(Ok(session)) => return self.forward(req, cx, &Arc::new(session), false, &original).await,
             Some(Err(resp)) => return (resp, None),
             None => {}
         }
@@ -304,7 +310,10 @@ impl App {
             lookup.add_cookies(&mut resp);
             return (resp, None);
         };
-        let (mut resp, user) = self.forward(req, cx, &session, &original).await;
+        // Cookie sessions come from the opened-cookie cache, the same `Arc` for the same
+        // cookie; a Redis session is read afresh every time.
+        let remembered = !self.sessions.is_redis();
+        let (mut resp, user) = self.forward(req, cx, &session, remembered, &original).await;
         lookup.add_cookies(&mut resp);
         (resp, user)
     }
@@ -367,7 +376,16 @@ impl App {
     }
 
     /// `original` is the app URL asked for: where a refused user who switches account returns.
-    async fn forward(&self, mut req: Request<Incoming>, cx: &Ctx, session: &Session, original: &str) -> (Response<Body>, Option<String>) {
+    /// `remembered`: the session is the opened-cookie cache's, so its identity headers are
+    /// made once ([`IdentityMemo`]).
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        cx: &Ctx,
+        session: &Arc<Session>,
+        remembered: bool,
+        original: &str,
+    ) -> (Response<Body>, Option<String>) {
         if let Err(denial) = self.authz.authorize(&session.email, &session.groups) {
             metrics::decision("denied");
             cx.span()
@@ -388,7 +406,11 @@ impl App {
         };
         let h = req.headers_mut();
         strip_own_cookies(h, &self.cfg.cookie.name);
-        headers::set_upstream_headers(h, &self.cfg.headers, session);
+        if remembered {
+            self.identity.set(h, &self.cfg.headers, session);
+        } else {
+            headers::set_upstream_headers(h, &self.cfg.headers, session);
+        }
         let user = Some(session.email.clone());
         // Not in the request's span: forwarding logs only at debug level, and its failures
         // are logged by `fail` with the request id.
