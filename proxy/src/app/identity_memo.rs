@@ -9,19 +9,20 @@
 //! worker, emptied when full, like the opened-cookie cache.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::HeaderMap;
 
 use crate::config::HeaderConfig;
 use crate::headers::set_upstream_headers;
 use crate::session::Session;
+use crate::worker::PerWorker;
 
 /// Header bytes held per worker.
 const BUDGET: usize = 256 * 1024;
 
 pub(super) struct IdentityMemo {
-    shards: Box<[Mutex<Shard>]>,
+    shards: PerWorker<Shard>,
 }
 
 #[derive(Default)]
@@ -33,15 +34,14 @@ struct Shard {
 impl IdentityMemo {
     pub(super) fn new(workers: usize) -> Self {
         IdentityMemo {
-            shards: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            shards: PerWorker::new(workers),
         }
     }
 
     /// Sets `session`'s identity headers on `headers`, exactly as [`set_upstream_headers`]
     /// would (it only ever inserts, so inserting its result again is the same).
     pub(super) fn set(&self, headers: &mut HeaderMap, cfg: &HeaderConfig, session: &Arc<Session>) {
-        let shard = &self.shards[crate::worker::current() % self.shards.len()];
-        let mut shard = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shard = self.shards.current();
         let key = Arc::as_ptr(session) as usize;
         if !shard.entries.contains_key(&key) {
             let mut values = HeaderMap::new();
@@ -120,8 +120,8 @@ mod tests {
             memo.set(&mut h, &cfg, &s);
             assert_eq!(h, computed(&cfg, &s));
             held.push(s);
-            assert!(memo.shards[0].lock().unwrap().bytes <= BUDGET);
+            assert!(memo.shards.current().bytes <= BUDGET);
         }
-        assert!(memo.shards[0].lock().unwrap().entries.len() < 400);
+        assert!(memo.shards.current().entries.len() < 400);
     }
 }

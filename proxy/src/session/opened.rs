@@ -18,9 +18,10 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::Session;
+use crate::worker::PerWorker;
 
 /// Key text plus an estimate of the session, counted against this budget (all shards).
 pub(super) const BUDGET: usize = 1024 * 1024;
@@ -28,7 +29,7 @@ pub(super) const BUDGET: usize = 1024 * 1024;
 const TAIL: usize = 32;
 
 pub(super) struct Opened {
-    shards: Box<[Mutex<Shard>]>,
+    shards: PerWorker<Shard>,
     hasher: RandomState,
 }
 
@@ -41,7 +42,7 @@ struct Shard {
 impl Opened {
     pub(super) fn new(workers: usize) -> Self {
         Opened {
-            shards: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            shards: PerWorker::new(workers),
             hasher: RandomState::new(),
         }
     }
@@ -51,15 +52,10 @@ impl Opened {
         self.hasher.hash_one(&bytes[bytes.len().saturating_sub(TAIL)..])
     }
 
-    fn shard(&self) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[crate::worker::current() % self.shards.len()];
-        // A panic while holding the lock left a map that is still a valid cache.
-        shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     pub(super) fn get(&self, value: &str) -> Option<Arc<Session>> {
         let key = self.key(value);
-        self.shard()
+        self.shards
+            .current()
             .entries
             .get(&key)
             .filter(|(text, _)| **text == *value)
@@ -73,7 +69,7 @@ impl Opened {
             return;
         }
         let key = self.key(value);
-        let mut shard = self.shard();
+        let mut shard = self.shards.current();
         if shard.bytes + size > budget {
             shard.entries.clear();
             shard.entries.shrink_to(64);
@@ -88,12 +84,12 @@ impl Opened {
     /// Bytes counted against the budget, all shards.
     #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+        self.shards.each().map(|s| s.bytes).sum()
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().entries.len()).sum()
+        self.shards.each().map(|s| s.entries.len()).sum()
     }
 }
 
